@@ -1,0 +1,159 @@
+"""The per-user chat cache in Redis, in the legacy Rails layout.
+
+Exported, a user's cache is exactly what ``ChatsController`` kept per user::
+
+    {"2_User":  {"type": "User",  "messages": [{"message_text": "hi", "type": "received",
+                                                 "image": "/img/bob.png", "id": "...",
+                                                 "sender_id": 2, "sent_at": "..."}]},
+     "5_Group": {"type": "Group", "messages": [...]}}
+
+Each message is stored once per owner, keyed by its id (see :mod:`flask_chat.keys` for
+the Redis structures), so concurrent sends never overwrite each other and a retried
+append is a no-op. The cache is a window of at most ``history_limit`` messages per
+conversation; SQL is the record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from .conversations import ConversationKey
+from .keys import Keys
+from .scripts import Scripts
+
+History = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One message as one owner sees it, ready to append."""
+
+    user_id: int
+    conversation: str
+    message_id: str
+    body: str  # the message JSON, serialised once and shared by every owner alike
+
+
+class ChatCache:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, scripts: Scripts, history_limit: int
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.scripts = scripts
+        self.history_limit = history_limit
+
+    def append(self, entries: Iterable[CacheEntry], score: int) -> list[int]:
+        """Append messages to their owners' caches in one round trip.
+
+        Each append is atomic per owner; owners are independent (no cross-slot
+        transaction). ``score`` orders a conversation created by this append among
+        the owner's others. Returns, per entry, how many old messages were trimmed
+        off the window, or -1 where the id was already cached.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        users: set[int] = set()
+        count = 0
+        for entry in entries:
+            self.scripts.append(
+                keys=self.keys.conversation_keys(entry.user_id, entry.conversation),
+                args=[
+                    entry.conversation,
+                    entry.message_id,
+                    entry.body,
+                    self.history_limit,
+                    score,
+                ],
+                client=pipe,
+            )
+            users.add(entry.user_id)
+            count += 1
+        if not count:
+            return []
+        # After the appends, so a concurrent clear() can never leave a user with a
+        # cache outside the set (clear removes from the set before it removes data).
+        pipe.sadd(self.keys.cached_users(), *users)
+        results = pipe.execute()
+        return [int(r) for r in results[:count]]
+
+    def conversation_ids(self, user_id: int) -> list[str]:
+        return list(self.client.zrange(self.keys.conversations(user_id), 0, -1))
+
+    def export(self, user_id: int) -> History:
+        """The user's whole cache in the seed layout, conversations in order of first use."""
+        conversations = self.conversation_ids(user_id)
+        if not conversations:
+            return {}
+        pipe = self.client.pipeline(transaction=True)
+        for conversation in conversations:
+            pipe.hgetall(self.keys.message_bodies(user_id, conversation))
+        history: History = {}
+        for conversation, bodies in zip(conversations, pipe.execute()):
+            if not bodies:
+                continue
+            kind = ConversationKey.parse(conversation).kind
+            history[conversation] = {
+                "type": kind,
+                "messages": [json.loads(bodies[mid]) for mid in sorted(bodies)],
+            }
+        return history
+
+    def page(
+        self, user_id: int, conversation: str, before: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` messages of one conversation older than ``before``, newest first."""
+        top = f"({before}" if before else "+"
+        ids = self.client.zrevrangebylex(
+            self.keys.message_index(user_id, conversation), top, "-", start=0, num=limit
+        )
+        if not ids:
+            return []
+        bodies = self.client.hmget(self.keys.message_bodies(user_id, conversation), ids)
+        # A body can vanish between the two reads if a clear runs; skip it then.
+        return [json.loads(b) for b in bodies if b is not None]
+
+    def remove(self, user_id: int, ids_by_conversation: dict[str, list[str]]) -> int:
+        """Remove exactly these message ids; returns how many were removed."""
+        pipe = self.client.pipeline(transaction=False)
+        calls = 0
+        for conversation, ids in ids_by_conversation.items():
+            if not ids:
+                continue
+            self.scripts.remove(
+                keys=self.keys.conversation_keys(user_id, conversation),
+                args=[conversation, *ids],
+                client=pipe,
+            )
+            calls += 1
+        if not calls:
+            return 0
+        return sum(int(n) for n in pipe.execute())
+
+    def clear(self, user_id: int) -> tuple[History, int]:
+        """Clear the user's cache; returns what was cleared and how many messages.
+
+        Only what was read is removed, so a message that lands while this runs stays
+        in the cache (and in the set of cached users).
+        """
+        self.client.srem(self.keys.cached_users(), user_id)
+        history = self.export(user_id)
+        removed = self.remove(
+            user_id,
+            {conv: [m["id"] for m in data["messages"]] for conv, data in history.items()},
+        )
+        if self.client.exists(self.keys.conversations(user_id)):
+            self.client.sadd(self.keys.cached_users(), user_id)
+        return history, removed
+
+    def has_cache(self, user_id: int) -> bool:
+        return bool(self.client.exists(self.keys.conversations(user_id)))
+
+    def cached_users(self) -> Iterator[int]:
+        """Ids of users who have a cache (a user whose cache just emptied may show up)."""
+        for member in self.client.sscan_iter(self.keys.cached_users(), count=500):
+            yield int(member)

@@ -1,0 +1,329 @@
+"""The extension object, :class:`Chat`."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+from flask import Flask, current_app
+
+from . import directory, messaging
+from .cache import ChatCache
+from .conversations import ConversationKey
+from .directory import (
+    CurrentUserLoader,
+    GroupInfo,
+    GroupLoader,
+    PermissionHandler,
+    UserGroupsLoader,
+    UserInfo,
+    UserLoader,
+)
+from .embedded import embedded_redis_url
+from .errors import ConfigurationError
+from .keys import Keys
+from .scripts import Scripts
+from .signals import cache_cleared, message_sent
+from .windows import Windows
+
+F = TypeVar("F")
+
+#: Every setting, with its default. ``init_app`` documents each one.
+DEFAULTS: dict[str, Any] = {
+    "CHAT_REDIS_URL": None,
+    "CHAT_EMBEDDED_REDIS": None,
+    "CHAT_URL_PREFIX": "/chats",
+    "CHAT_KEY_PREFIX": "chat",
+    "CHAT_MAX_MESSAGE_LENGTH": 2000,
+    "CHAT_HISTORY_LIMIT": 200,
+    "CHAT_PAGE_SIZE": 50,
+    "CHAT_MAX_REQUEST_BYTES": 64 * 1024,
+    "CHAT_CSRF_ENABLED": True,
+}
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """The validated ``CHAT_*`` settings of one app."""
+
+    redis_url: str
+    url_prefix: str
+    key_prefix: str
+    max_message_length: int
+    history_limit: int
+    page_size: int
+    max_request_bytes: int
+    csrf_enabled: bool
+
+
+@dataclass
+class ChatState:
+    """What flask-chat keeps per app: its settings and its Redis plumbing."""
+
+    config: ChatConfig
+    redis: redis.Redis
+    keys: Keys
+    scripts: Scripts
+    cache: ChatCache
+    windows: Windows
+
+
+def _positive_int(config: dict[str, Any], name: str) -> int:
+    value = config[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, not {value!r}.")
+    return value
+
+
+class Chat:
+    """Real-time one-to-one and group chat for a Flask app.
+
+    ::
+
+        chat = Chat(app)          # or: chat = Chat(); chat.init_app(app)
+
+        @chat.user_loader
+        def load_user(user_id):
+            user = User.query.get(user_id)
+            return user and {"name": user.name, "image": user.avatar_url}
+
+    ``options`` are ``CHAT_*`` settings given in code (``Chat(redis_url=...)`` sets
+    ``CHAT_REDIS_URL``); the app's config wins over them.
+    """
+
+    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        self._options = {f"CHAT_{k.upper()}": v for k, v in options.items()}
+        unknown = set(self._options) - set(DEFAULTS)
+        if unknown:
+            raise TypeError(f"Unknown Chat options: {', '.join(sorted(unknown))}.")
+        self._states: weakref.WeakKeyDictionary[Flask, ChatState] = weakref.WeakKeyDictionary()
+        self._current_user_loader: CurrentUserLoader = directory.flask_login_current_user
+        self._user_loader: UserLoader | None = None
+        self._group_loader: GroupLoader | None = None
+        self._user_groups_loader: UserGroupsLoader | None = None
+        self._permission_handler: PermissionHandler | None = None
+        if app is not None:
+            self.init_app(app)
+
+    # -- setup ---------------------------------------------------------------------
+
+    def init_app(self, app: Flask) -> None:
+        """Register flask-chat on ``app``.
+
+        Settings (``app.config``), each with its default:
+
+        ``CHAT_REDIS_URL`` (None)
+            Redis for the cache, presence and pub/sub. Required unless the embedded
+            server is on.
+        ``CHAT_EMBEDDED_REDIS`` (None)
+            Start a bundled ``redis-server`` when ``CHAT_REDIS_URL`` is unset. None means
+            "in debug mode only". Needs ``flask-chat[embedded]``.
+        ``CHAT_URL_PREFIX`` (``/chats``)
+            Where the routes live (the legacy ``ChatsController`` path).
+        ``CHAT_KEY_PREFIX`` (``chat``)
+            Prefix of every Redis key, so several apps can share one Redis.
+        ``CHAT_MAX_MESSAGE_LENGTH`` (2000)
+            Longest message text, in characters.
+        ``CHAT_HISTORY_LIMIT`` (200)
+            Messages kept in the cache per conversation (a window; SQL is the record).
+        ``CHAT_PAGE_SIZE`` (50)
+            Default ``limit`` of ``GET /chats/conversations/<key>`` (at most 4x this).
+        ``CHAT_MAX_REQUEST_BYTES`` (65536)
+            Largest request body flask-chat's routes read.
+        ``CHAT_CSRF_ENABLED`` (True)
+            Check the ``X-CSRF-Token`` header on state-changing routes.
+        """
+        if "chat" in app.extensions:
+            raise RuntimeError(
+                "A 'Chat' instance has already been registered on this Flask app. "
+                "Import and use that instance instead of creating another."
+            )
+        for name, value in DEFAULTS.items():
+            app.config.setdefault(name, self._options.get(name, value))
+        config = self._read_config(app)
+        client = redis.Redis.from_url(config.redis_url, decode_responses=True)
+        keys = Keys(config.key_prefix)
+        scripts = Scripts.register(client)
+        self._states[app] = ChatState(
+            config=config,
+            redis=client,
+            keys=keys,
+            scripts=scripts,
+            cache=ChatCache(client, keys, scripts, config.history_limit),
+            windows=Windows(client, keys),
+        )
+        app.extensions["chat"] = self
+
+        from .templating import chat_bootstrap
+        from .views import blueprint
+
+        app.register_blueprint(blueprint, url_prefix=config.url_prefix)
+        app.add_template_global(chat_bootstrap, "chat_bootstrap")
+
+    def _read_config(self, app: Flask) -> ChatConfig:
+        c = app.config
+        prefix = c["CHAT_URL_PREFIX"]
+        if not isinstance(prefix, str) or not prefix.startswith("/") or prefix.endswith("/"):
+            raise ConfigurationError(
+                f"CHAT_URL_PREFIX must start with '/' and not end with one, not {prefix!r}."
+            )
+        key_prefix = c["CHAT_KEY_PREFIX"]
+        if (
+            not isinstance(key_prefix, str)
+            or not key_prefix
+            or any(ch in key_prefix for ch in "{}* \t\r\n")
+        ):
+            raise ConfigurationError(
+                "CHAT_KEY_PREFIX must be a non-empty string without braces, '*' or "
+                f"spaces, not {key_prefix!r}."
+            )
+        url = c["CHAT_REDIS_URL"]
+        if not url:
+            embedded = c["CHAT_EMBEDDED_REDIS"]
+            if embedded or (embedded is None and app.debug):
+                url, started = embedded_redis_url()
+                if started:
+                    app.logger.warning(
+                        "flask-chat: CHAT_REDIS_URL is not set, so an embedded Redis "
+                        "server was started at %s. Set CHAT_REDIS_URL in production.",
+                        url,
+                    )
+            else:
+                raise ConfigurationError(
+                    "flask-chat needs Redis: set CHAT_REDIS_URL (e.g. "
+                    "'redis://localhost:6379/0'), or set CHAT_EMBEDDED_REDIS = True to "
+                    "start a bundled server for development."
+                )
+        return ChatConfig(
+            redis_url=url,
+            url_prefix=prefix,
+            key_prefix=key_prefix,
+            max_message_length=_positive_int(c, "CHAT_MAX_MESSAGE_LENGTH"),
+            history_limit=_positive_int(c, "CHAT_HISTORY_LIMIT"),
+            page_size=_positive_int(c, "CHAT_PAGE_SIZE"),
+            max_request_bytes=_positive_int(c, "CHAT_MAX_REQUEST_BYTES"),
+            csrf_enabled=bool(c["CHAT_CSRF_ENABLED"]),
+        )
+
+    @property
+    def state(self) -> ChatState:
+        """The current app's flask-chat state (needs an app context)."""
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        try:
+            return self._states[app]
+        except KeyError:
+            raise RuntimeError(
+                "flask-chat is not registered on the current app: call chat.init_app(app)."
+            ) from None
+
+    # -- hooks ---------------------------------------------------------------------
+
+    def current_user_loader(self, func: CurrentUserLoader) -> CurrentUserLoader:
+        """Register the function that says who is logged in.
+
+        It takes no arguments and returns a user id, a Flask-Login style user, or None.
+        Default: Flask-Login's ``current_user`` when Flask-Login is set up.
+        """
+        self._current_user_loader = func
+        return func
+
+    def user_loader(self, func: UserLoader) -> UserLoader:
+        """Register ``func(user_id)`` returning ``{"name", "image"}`` (or a
+        :class:`UserInfo`), or None when there is no such user.
+
+        Default: Flask-Login's user loader, reading ``name``/``username`` and
+        ``image_url``/``avatar_url`` off the user.
+        """
+        self._user_loader = func
+        return func
+
+    def group_loader(self, func: GroupLoader) -> GroupLoader:
+        """Register ``func(group_id)`` returning ``{"name", "members"}`` (or a
+        :class:`GroupInfo`), or None when there is no such group. Default: no groups."""
+        self._group_loader = func
+        return func
+
+    def user_groups_loader(self, func: UserGroupsLoader) -> UserGroupsLoader:
+        """Register ``func(user_id)`` returning the ids of the user's groups. Default: none."""
+        self._user_groups_loader = func
+        return func
+
+    def permission_handler(self, func: PermissionHandler) -> PermissionHandler:
+        """Register ``func(sender_id, conversation_key)`` returning whether the sender
+        may write to that user or group (which is known to exist).
+
+        Default: any user may message any other user; only members may message a group.
+        """
+        self._permission_handler = func
+        return func
+
+    # -- asking the host app -------------------------------------------------------
+
+    def current_user_id(self) -> int | None:
+        """The logged-in user's id, or None."""
+        return directory.as_user_id(self._current_user_loader())
+
+    def get_user(self, user_id: int) -> UserInfo | None:
+        if self._user_loader is None:
+            return directory.flask_login_user(user_id)
+        return directory.as_user(user_id, self._user_loader(user_id))
+
+    def get_group(self, group_id: int) -> GroupInfo | None:
+        if self._group_loader is None:
+            return None
+        return directory.as_group(group_id, self._group_loader(group_id))
+
+    def user_group_ids(self, user_id: int) -> list[int]:
+        if self._user_groups_loader is None:
+            return []
+        return [int(g) for g in self._user_groups_loader(user_id)]
+
+    @property
+    def has_permission_handler(self) -> bool:
+        return self._permission_handler is not None
+
+    def can_message(self, sender_id: int, to: ConversationKey) -> bool:
+        if self._permission_handler is not None:
+            return bool(self._permission_handler(sender_id, to))
+        if to.is_group:
+            group = self.get_group(to.id)
+            return group is not None and sender_id in group.members
+        return True
+
+    # -- the public API ------------------------------------------------------------
+
+    def send_message(self, sender_id: int, to: str, text: str) -> messaging.Message:
+        """Send ``text`` from ``sender_id`` to conversation ``to`` (``2_User``, ``5_Group``).
+
+        Works in any app context (a request, an RQ job, a script). Validates exactly as
+        ``POST /chats/send_message`` does and raises a :class:`~flask_chat.ChatError`
+        with nothing stored when the input is refused.
+        """
+        message, recipients = messaging.send(self, self.state, sender_id, to, text)
+        message_sent.send(
+            current_app._get_current_object(),  # type: ignore[attr-defined]
+            message=message,
+            recipients=recipients,
+        )
+        return message
+
+    def history(self, user_id: int) -> dict[str, Any]:
+        """The user's chat cache in the legacy layout (what ``GET /chats/history`` returns)."""
+        return self.state.cache.export(user_id)
+
+    def clear_cache(self, user_id: int) -> int:
+        """Clear one user's cache; returns how many messages were removed."""
+        _, removed = self.state.cache.clear(user_id)
+        cache_cleared.send(
+            current_app._get_current_object(),  # type: ignore[attr-defined]
+            user_id=user_id,
+            removed=removed,
+        )
+        return removed
+
+    def cached_user_ids(self) -> Iterable[int]:
+        """Ids of the users who have a cache."""
+        return self.state.cache.cached_users()

