@@ -24,23 +24,25 @@ def bootstrap_data(chat: Chat, user_id: int) -> dict[str, Any]:
     history = state.cache.export(user_id)
     windows = state.windows.get(user_id)
 
-    people: dict[str, dict[str, Any]] = {}
+    # Names and images of everyone the windows show: 1:1 peers and group members.
     group_ids: list[int] = chat.user_group_ids(user_id)
-    conversation_keys = list(history) + [w["conversation"] for w in windows]
-    for key in conversation_keys:
+    peer_ids: list[int] = []
+    for key in list(history) + [w["conversation"] for w in windows]:
         conv = ConversationKey.parse(key)
-        if conv.is_group:
-            if conv.id not in group_ids:
-                group_ids.append(conv.id)
-        elif str(conv.id) not in people:
-            info = chat.get_user(conv.id)
-            if info is not None:
-                people[str(conv.id)] = info.to_dict()
+        ids = group_ids if conv.is_group else peer_ids
+        if conv.id not in ids:
+            ids.append(conv.id)
     groups: dict[str, dict[str, Any]] = {}
     for gid in group_ids:
         group = chat.get_group(gid)
         if group is not None:
             groups[str(gid)] = group.to_dict()
+            peer_ids.extend(m for m in group.members if m not in peer_ids)
+    people: dict[str, dict[str, Any]] = {}
+    for uid in peer_ids:
+        info = chat.get_user(uid) if uid != user_id else None
+        if info is not None:
+            people[str(uid)] = info.to_dict()
     prefix = state.config.url_prefix
     return {
         "user": me.to_dict() if me else {"id": user_id, "name": str(user_id), "image": None},

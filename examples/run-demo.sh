@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Start the flask-chat demo: a venv with flask-chat installed, an embedded Redis server,
+# the app on gevent at http://127.0.0.1:${PORT:-5000}/. Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source .ci/venv.sh
+ensure_venv demo
+exec "$VENV/bin/python" examples/serve.py
