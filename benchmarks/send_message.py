@@ -61,17 +61,25 @@ def report(label: str, samples: list[float], wall: float) -> None:
 
 def bench_http(redis_url: str, requests: int, to: str) -> None:
     port = free_port()
-    env = dict(os.environ, CHAT_REDIS_URL=redis_url, PORT=str(port), QUIET="1",
-               CHAT_HISTORY_LIMIT="100000")
-    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "examples", "serve.py")],
-                              env=env, stdout=subprocess.DEVNULL)
+    env = dict(
+        os.environ, CHAT_REDIS_URL=redis_url, PORT=str(port), QUIET="1", CHAT_HISTORY_LIMIT="100000"
+    )
+    server = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "examples", "serve.py")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port)
         conn = http.client.HTTPConnection("127.0.0.1", port)
         conn.connect()
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.request("POST", "/login", body="username=alice",
-                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        conn.request(
+            "POST",
+            "/login",
+            body="username=alice",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
         resp = conn.getresponse()
         resp.read()
         cookie = resp.getheader("Set-Cookie", "").split(";", 1)[0]
@@ -80,11 +88,16 @@ def bench_http(redis_url: str, requests: int, to: str) -> None:
         page = resp.read().decode()
         cookie = (resp.getheader("Set-Cookie") or cookie).split(";", 1)[0]
         token = json.loads(re.search(r'id="flask-chat-bootstrap">(.*?)</script>', page).group(1))[
-            "csrf_token"]
+            "csrf_token"
+        ]
         headers = {"Cookie": cookie, "Content-Type": "application/json", "X-CSRF-Token": token}
         for i in range(50):  # warm up
-            conn.request("POST", "/chats/send_message",
-                         body=json.dumps({"to": to, "message_text": f"warm {i}"}), headers=headers)
+            conn.request(
+                "POST",
+                "/chats/send_message",
+                body=json.dumps({"to": to, "message_text": f"warm {i}"}),
+                headers=headers,
+            )
             conn.getresponse().read()
         samples = []
         start = time.perf_counter()
@@ -121,7 +134,9 @@ def bench_api(redis_url: str, requests: int, to: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--to", action="append", help="conversation keys (default 2_User and 5_Group)")
+    parser.add_argument(
+        "--to", action="append", help="conversation keys (default 2_User and 5_Group)"
+    )
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
     args = parser.parse_args()
     targets = args.to or ["2_User", "5_Group"]

@@ -12,7 +12,6 @@ monkey.patch_all()
 import os  # noqa: E402
 import sys  # noqa: E402
 
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from chat_app import create_app  # noqa: E402

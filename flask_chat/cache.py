@@ -82,7 +82,7 @@ class ChatCache:
         return [int(r) for r in results[:count]]
 
     def conversation_ids(self, user_id: int) -> list[str]:
-        return list(self.client.zrange(self.keys.conversations(user_id), 0, -1))
+        return [str(c) for c in self.client.zrange(self.keys.conversations(user_id), 0, -1)]
 
     def export(self, user_id: int) -> History:
         """The user's whole cache in the seed layout, conversations in order of first use."""
@@ -93,7 +93,7 @@ class ChatCache:
         for conversation in conversations:
             pipe.hgetall(self.keys.message_bodies(user_id, conversation))
         history: History = {}
-        for conversation, bodies in zip(conversations, pipe.execute()):
+        for conversation, bodies in zip(conversations, pipe.execute(), strict=True):
             if not bodies:
                 continue
             kind = ConversationKey.parse(conversation).kind

@@ -37,8 +37,10 @@ def check_request() -> None:
         "multipart/form-data",
     ):
         given = request.form.get(FORM_FIELD)
-    if not isinstance(expected, str) or not given or not hmac.compare_digest(
-        expected.encode(), given.encode()
+    if (
+        not isinstance(expected, str)
+        or not given
+        or not hmac.compare_digest(expected.encode(), given.encode())
     ):
         raise Forbidden(
             f"Missing or wrong CSRF token: send the bootstrap data's csrf_token in the "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from .conversations import ConversationKey, valid_user_id
 from .errors import ConfigurationError
@@ -34,8 +34,8 @@ class GroupInfo:
         return {"id": self.id, "name": self.name, "members": list(self.members)}
 
 
-UserLike = Union[UserInfo, Mapping[str, Any], None]
-GroupLike = Union[GroupInfo, Mapping[str, Any], None]
+UserLike = UserInfo | Mapping[str, Any] | None
+GroupLike = GroupInfo | Mapping[str, Any] | None
 
 CurrentUserLoader = Callable[[], Any]
 UserLoader = Callable[[int], UserLike]

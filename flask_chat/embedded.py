@@ -56,20 +56,23 @@ class RedisServer:
         socket_path = os.path.join(self.workdir, "redis.sock")
         args = [
             self.binary or redis_server_binary(),
-            "--port", str(self.port or 0),
-            "--bind", "127.0.0.1",
-            "--unixsocket", socket_path,
-            "--unixsocketperm", "700",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self.workdir,
+            "--port",
+            str(self.port or 0),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            socket_path,
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.workdir,
         ]
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
-        self.url = (
-            f"redis://127.0.0.1:{self.port}/0" if self.port else f"unix://{socket_path}"
-        )
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.url = f"redis://127.0.0.1:{self.port}/0" if self.port else f"unix://{socket_path}"
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         try:

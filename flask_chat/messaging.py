@@ -82,7 +82,7 @@ def validate_text(value: object, max_length: int) -> str:
 
 
 def resolve_recipients(chat: Chat, sender_id: int, to: ConversationKey) -> list[int]:
-    """Check that ``sender_id`` may write to ``to``; return the users it reaches (sender excluded)."""
+    """Check that ``sender_id`` may write to ``to``; return who it reaches, sender excluded."""
     if not to.is_group:
         if to.id == sender_id:
             raise ValidationError(
@@ -99,13 +99,13 @@ def resolve_recipients(chat: Chat, sender_id: int, to: ConversationKey) -> list[
     if not chat.can_message(sender_id, to):
         if chat.has_permission_handler:
             raise Forbidden(f"You may not message group {to.id}.", field="to")
-        raise Forbidden(
-            f"You are not a member of group {to.id}.", code="not_a_member", field="to"
-        )
+        raise Forbidden(f"You are not a member of group {to.id}.", code="not_a_member", field="to")
     return presence.online_user_ids(m for m in group.members if m != sender_id)
 
 
-def send(chat: Chat, state: ChatState, sender_id: object, to: object, text: object) -> tuple[Message, list[int]]:
+def send(
+    chat: Chat, state: ChatState, sender_id: object, to: object, text: object
+) -> tuple[Message, list[int]]:
     """Validate and store one message; returns it and the ids of the users it reached.
 
     Nothing is written unless every check passes.
@@ -134,7 +134,9 @@ def send(chat: Chat, state: ChatState, sender_id: object, to: object, text: obje
     )
     # Serialise once per side: every recipient of a group message stores the same bytes.
     received_body = json.dumps(message.cache_entry("received"), ensure_ascii=False)
-    their_key = str(ConversationKey.user(sender_id)) if not conversation.is_group else str(conversation)
+    their_key = (
+        str(ConversationKey.user(sender_id)) if not conversation.is_group else str(conversation)
+    )
     entries = [
         CacheEntry(
             sender_id,

@@ -30,7 +30,7 @@ def check_gevent_patched() -> None:
         )
 
 
-class ChatWSGIServer(WSGIServer):
+class ChatWSGIServer(WSGIServer):  # type: ignore[misc]
     """gevent's WSGI server with Nagle's algorithm off on every connection.
 
     pywsgi writes a response's headers and body in separate sends; with Nagle on, the
@@ -44,7 +44,9 @@ class ChatWSGIServer(WSGIServer):
         super().handle(sock, address)
 
 
-def make_server(app: Any, host: str = "127.0.0.1", port: int = 5000, **kwargs: Any) -> ChatWSGIServer:
+def make_server(
+    app: Any, host: str = "127.0.0.1", port: int = 5000, **kwargs: Any
+) -> ChatWSGIServer:
     """A ready-to-run gevent server for ``app``; checks that gevent patched the socket."""
     check_gevent_patched()
     return ChatWSGIServer((host, port), app, **kwargs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import redis
 
@@ -24,7 +24,7 @@ def parse_state(value: object) -> WindowState:
         raise ValidationError(
             f"'state' must be one of {', '.join(STATES)}.", code="invalid_state", field="state"
         )
-    return cast(WindowState, value)
+    return value
 
 
 class Windows:
@@ -35,9 +35,7 @@ class Windows:
     def get(self, user_id: int) -> list[dict[str, Any]]:
         """The user's windows in the order they were first opened."""
         raw = self.client.hgetall(self.keys.windows(user_id))
-        windows = [
-            {"conversation": conv, **json.loads(value)} for conv, value in raw.items()
-        ]
+        windows = [{"conversation": conv, **json.loads(value)} for conv, value in raw.items()]
         windows.sort(key=lambda w: (w.get("opened_at", 0), w["conversation"]))
         return [{"conversation": w["conversation"], "state": w["state"]} for w in windows]
 
@@ -45,6 +43,4 @@ class Windows:
         key = self.keys.windows(user_id)
         current = self.client.hget(key, conversation)
         opened_at = json.loads(current)["opened_at"] if current else int(time.time() * 1000)
-        self.client.hset(
-            key, conversation, json.dumps({"state": state, "opened_at": opened_at})
-        )
+        self.client.hset(key, conversation, json.dumps({"state": state, "opened_at": opened_at}))

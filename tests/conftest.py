@@ -18,10 +18,8 @@ import redis
 from flask import Flask, render_template_string, session
 from flask.testing import FlaskClient
 
-from flask_chat import Chat, GroupInfo, UserInfo
-from flask_chat import csrf
+from flask_chat import Chat, GroupInfo, UserInfo, csrf
 from flask_chat.embedded import RedisServer
-
 
 
 @pytest.fixture(scope="session")

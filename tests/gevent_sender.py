@@ -11,7 +11,6 @@ import json  # noqa: E402
 import sys  # noqa: E402
 
 import gevent  # noqa: E402
-
 from conftest import make_chat_app  # noqa: E402
 
 
@@ -30,12 +29,16 @@ def main() -> None:
         alice = chat.history(1)["2_User"]["messages"]
         bob = chat.history(2)["1_User"]["messages"]
     ids = [m["id"] for m in alice]
-    print(json.dumps({
-        "alice": len(alice),
-        "bob": len(bob),
-        "unique": len(set(ids)),
-        "ordered": ids == sorted(ids) and ids == [m["id"] for m in bob],
-    }))
+    print(
+        json.dumps(
+            {
+                "alice": len(alice),
+                "bob": len(bob),
+                "unique": len(set(ids)),
+                "ordered": ids == sorted(ids) and ids == [m["id"] for m in bob],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def check_consistent(history: dict, expected_count: int) -> list[dict]:
 
 
 def test_concurrent_sends_from_threads_lose_nothing_and_keep_order(
-    app_factory: Callable[..., Flask]
+    app_factory: Callable[..., Flask],
 ) -> None:
     app = app_factory(CHAT_HISTORY_LIMIT=10_000)
     chat = chat_of(app)
@@ -51,9 +51,11 @@ def test_concurrent_sends_from_threads_lose_nothing_and_keep_order(
             errors.append(exc)
 
     threads = [
-        threading.Thread(target=worker, args=(1, "2_User", f"a{t}")) for t in range(threads_per_side)
+        threading.Thread(target=worker, args=(1, "2_User", f"a{t}"))
+        for t in range(threads_per_side)
     ] + [
-        threading.Thread(target=worker, args=(2, "1_User", f"b{t}")) for t in range(threads_per_side)
+        threading.Thread(target=worker, args=(2, "1_User", f"b{t}"))
+        for t in range(threads_per_side)
     ]
     for t in threads:
         t.start()
@@ -66,13 +68,16 @@ def test_concurrent_sends_from_threads_lose_nothing_and_keep_order(
         bob = check_consistent(chat.history(2), total)
     # Both sides hold the same messages in the same order, each from its own side.
     assert [m["id"] for m in alice] == [m["id"] for m in bob]
-    for a, b in zip(alice, bob):
+    for a, b in zip(alice, bob, strict=True):
         assert {a["type"], b["type"]} == {"sent", "received"}
         assert a["message_text"] == b["message_text"]
     # Each thread's messages are in the order it sent them.
     for tag in {m["message_text"].split(":")[0] for m in alice}:
-        seq = [int(m["message_text"].split(":")[1]) for m in alice
-               if m["message_text"].startswith(tag + ":")]
+        seq = [
+            int(m["message_text"].split(":")[1])
+            for m in alice
+            if m["message_text"].startswith(tag + ":")
+        ]
         assert seq == list(range(per_thread))
 
 
@@ -83,8 +88,9 @@ def test_concurrent_http_sends_to_a_group(as_user: Login, app: Flask) -> None:
     def worker(user_id: int) -> None:
         c = as_user(user_id)
         for i in range(per_user):
-            resp = c.post("/chats/send_message",
-                          json={"to": "5_Group", "message_text": f"{user_id}:{i}"})
+            resp = c.post(
+                "/chats/send_message", json={"to": "5_Group", "message_text": f"{user_id}:{i}"}
+            )
             if resp.status_code != 201:
                 errors.append(resp.json)
 
@@ -103,7 +109,10 @@ def test_concurrent_sends_from_greenlets(redis_url: str) -> None:
     """Under gevent (patched by the entry point, as in production) nothing is lost either."""
     result = subprocess.run(
         [sys.executable, os.path.join(HERE, "gevent_sender.py"), redis_url, "25", "20"],
-        capture_output=True, text=True, timeout=120, cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=HERE,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -126,9 +135,21 @@ def test_retrying_an_append_is_a_no_op(app: Flask, r: redis.Redis) -> None:
     chat = chat_of(app)
     with app.app_context():
         cache = chat.state.cache
-        entry = CacheEntry(1, "2_User", "1700000000000-0000", json.dumps(
-            {"message_text": "x", "type": "sent", "image": None,
-             "id": "1700000000000-0000", "sender_id": 1, "sent_at": "2023-11-14T22:13:20.000Z"}))
+        entry = CacheEntry(
+            1,
+            "2_User",
+            "1700000000000-0000",
+            json.dumps(
+                {
+                    "message_text": "x",
+                    "type": "sent",
+                    "image": None,
+                    "id": "1700000000000-0000",
+                    "sender_id": 1,
+                    "sent_at": "2023-11-14T22:13:20.000Z",
+                }
+            ),
+        )
         assert cache.append([entry], score=1) == [0]
         assert cache.append([entry], score=1) == [-1]
         assert len(chat.history(1)["2_User"]["messages"]) == 1
@@ -179,12 +200,13 @@ def test_keys_of_one_user_share_a_cluster_hash_tag(app: Flask, r: redis.Redis) -
 
 def _slot(key: str) -> str:
     start = key.index("{")
-    return key[start + 1:key.index("}", start)]
+    return key[start + 1 : key.index("}", start)]
 
 
 @pytest.mark.parametrize("prefix", ["chat", "app2"])
-def test_every_key_uses_the_prefix(app_factory: Callable[..., Flask], r: redis.Redis,
-                                   prefix: str) -> None:
+def test_every_key_uses_the_prefix(
+    app_factory: Callable[..., Flask], r: redis.Redis, prefix: str
+) -> None:
     app = app_factory(CHAT_KEY_PREFIX=prefix)
     with app.app_context():
         chat_of(app).send_message(1, "2_User", "x")

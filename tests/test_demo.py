@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from flask import Flask
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "examples"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+)
 
 import chat_app  # noqa: E402
 from test_templating import bootstrap_of  # noqa: E402
@@ -34,10 +35,20 @@ def test_users_and_group_match_the_seed_keys(demo: Flask) -> None:
     assert a["user"]["id"] == 1 and b["user"]["id"] == 2
     assert a["groups"]["5"]["name"] == "team"
     headers = {"X-CSRF-Token": a["csrf_token"]}
-    assert alice.post("/chats/send_message", json={"to": "2_User", "message_text": "hi bob"},
-                      headers=headers).status_code == 201
-    assert alice.post("/chats/send_message", json={"to": "5_Group", "message_text": "hi team"},
-                      headers=headers).status_code == 201
+    assert (
+        alice.post(
+            "/chats/send_message", json={"to": "2_User", "message_text": "hi bob"}, headers=headers
+        ).status_code
+        == 201
+    )
+    assert (
+        alice.post(
+            "/chats/send_message",
+            json={"to": "5_Group", "message_text": "hi team"},
+            headers=headers,
+        ).status_code
+        == 201
+    )
     history = bob.get("/chats/history").json
     assert list(history) == ["1_User", "5_Group"]
     assert history["1_User"]["messages"][0]["image"] == "/static/avatars/alice.svg"
@@ -60,8 +71,9 @@ def test_login_logout_and_unknown_user(demo: Flask) -> None:
     assert "flask-chat-bootstrap" not in c.get("/about").get_data(as_text=True)
 
 
-def test_settings_come_from_the_environment(redis_url: str, monkeypatch: pytest.MonkeyPatch,
-                                            closing: Callable[[Flask], Flask]) -> None:
+def test_settings_come_from_the_environment(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, closing: Callable[[Flask], Flask]
+) -> None:
     monkeypatch.setenv("CHAT_REDIS_URL", redis_url)
     monkeypatch.setenv("CHAT_MAX_MESSAGE_LENGTH", "12")
     monkeypatch.setenv("SECRET_KEY", "from-env")

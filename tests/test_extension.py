@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import pytest
 import redis
 from flask import Flask
+from helpers import dump
 
 import flask_chat
 from flask_chat import Chat, ChatError, ConfigurationError, GroupInfo, UserInfo
 from flask_chat.ids import is_valid_id
 
-from helpers import dump
 
-
-def test_init_app_registers_and_refuses_a_second_chat(closing: Callable[[Flask], Flask], redis_url: str) -> None:
+def test_init_app_registers_and_refuses_a_second_chat(
+    closing: Callable[[Flask], Flask], redis_url: str
+) -> None:
     app = closing(Flask(__name__))
     app.config["CHAT_REDIS_URL"] = redis_url
     chat = Chat(app)
@@ -29,18 +29,22 @@ def test_init_app_registers_and_refuses_a_second_chat(closing: Callable[[Flask],
         chat.init_app(app)
 
 
-def test_defaults_are_set_once_and_documented(closing: Callable[[Flask], Flask], redis_url: str) -> None:
+def test_defaults_are_set_once_and_documented(
+    closing: Callable[[Flask], Flask], redis_url: str
+) -> None:
     app = closing(Flask(__name__))
     app.config["CHAT_REDIS_URL"] = redis_url
     Chat(app)
-    for name, value in flask_chat.extension.DEFAULTS.items():
+    for name in flask_chat.extension.DEFAULTS:
         assert name in app.config
         assert name in (Chat.init_app.__doc__ or ""), f"{name} is not documented"
     assert app.config["CHAT_URL_PREFIX"] == "/chats"
     assert app.config["CHAT_KEY_PREFIX"] == "chat"
 
 
-def test_options_given_in_code_and_config_wins(closing: Callable[[Flask], Flask], redis_url: str) -> None:
+def test_options_given_in_code_and_config_wins(
+    closing: Callable[[Flask], Flask], redis_url: str
+) -> None:
     app = closing(Flask(__name__))
     app.config.update(CHAT_REDIS_URL=redis_url, CHAT_MAX_MESSAGE_LENGTH=10)
     Chat(app, max_message_length=99, url_prefix="/talk")
@@ -50,17 +54,21 @@ def test_options_given_in_code_and_config_wins(closing: Callable[[Flask], Flask]
         Chat(nope=1)
 
 
-@pytest.mark.parametrize(("name", "value", "match"), [
-    ("CHAT_URL_PREFIX", "chats", "CHAT_URL_PREFIX"),
-    ("CHAT_URL_PREFIX", "/chats/", "CHAT_URL_PREFIX"),
-    ("CHAT_KEY_PREFIX", "a{b}", "CHAT_KEY_PREFIX"),
-    ("CHAT_KEY_PREFIX", "", "CHAT_KEY_PREFIX"),
-    ("CHAT_MAX_MESSAGE_LENGTH", 0, "CHAT_MAX_MESSAGE_LENGTH"),
-    ("CHAT_HISTORY_LIMIT", "200", "CHAT_HISTORY_LIMIT"),
-    ("CHAT_PAGE_SIZE", True, "CHAT_PAGE_SIZE"),
-])
-def test_bad_settings_fail_at_init_app(closing: Callable[[Flask], Flask], redis_url: str, name: str, value: object,
-                                       match: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("CHAT_URL_PREFIX", "chats", "CHAT_URL_PREFIX"),
+        ("CHAT_URL_PREFIX", "/chats/", "CHAT_URL_PREFIX"),
+        ("CHAT_KEY_PREFIX", "a{b}", "CHAT_KEY_PREFIX"),
+        ("CHAT_KEY_PREFIX", "", "CHAT_KEY_PREFIX"),
+        ("CHAT_MAX_MESSAGE_LENGTH", 0, "CHAT_MAX_MESSAGE_LENGTH"),
+        ("CHAT_HISTORY_LIMIT", "200", "CHAT_HISTORY_LIMIT"),
+        ("CHAT_PAGE_SIZE", True, "CHAT_PAGE_SIZE"),
+    ],
+)
+def test_bad_settings_fail_at_init_app(
+    closing: Callable[[Flask], Flask], redis_url: str, name: str, value: object, match: str
+) -> None:
     app = closing(Flask(__name__))
     app.config.update({"CHAT_REDIS_URL": redis_url, name: value})
     with pytest.raises(ConfigurationError, match=match):
@@ -114,16 +122,21 @@ def test_two_apps_keep_separate_config_and_keys(
     with two.app_context():
         two.extensions["chat"].send_message(1, "2_User", "longer than five")
         assert two.extensions["chat"].history(2)["1_User"]["messages"][0]["message_text"] == (
-            "longer than five")
+            "longer than five"
+        )
     with one.app_context():
-        assert [m["message_text"] for m in one.extensions["chat"].history(2)["1_User"]["messages"]] == ["short"]
+        assert [
+            m["message_text"] for m in one.extensions["chat"].history(2)["1_User"]["messages"]
+        ] == ["short"]
     prefixes = {k.split(":", 1)[0] for k in r.keys()}
     assert prefixes == {"one", "two"}
     assert one.test_client().get("/talk/history").status_code == 404
     assert two.test_client().get("/talk/history").status_code == 401
 
 
-def test_one_chat_object_serves_several_apps(closing: Callable[[Flask], Flask], redis_url: str) -> None:
+def test_one_chat_object_serves_several_apps(
+    closing: Callable[[Flask], Flask], redis_url: str
+) -> None:
     chat = Chat()
 
     @chat.user_loader
@@ -140,15 +153,19 @@ def test_one_chat_object_serves_several_apps(closing: Callable[[Flask], Flask], 
         with app.app_context():
             assert chat.state.config.key_prefix == app.config["CHAT_KEY_PREFIX"]
             chat.send_message(1, "2_User", app.config["CHAT_KEY_PREFIX"])
-            assert chat.history(2)["1_User"]["messages"][-1]["message_text"] == (
-                app.config["CHAT_KEY_PREFIX"])
+            assert (
+                chat.history(2)["1_User"]["messages"][-1]["message_text"]
+                == (app.config["CHAT_KEY_PREFIX"])
+            )
 
 
-def test_state_outside_a_registered_app_says_how_to_fix(closing: Callable[[Flask], Flask], redis_url: str) -> None:
+def test_state_outside_a_registered_app_says_how_to_fix(
+    closing: Callable[[Flask], Flask], redis_url: str
+) -> None:
     chat = Chat()
     app = closing(Flask(__name__))
     with app.app_context(), pytest.raises(RuntimeError, match="init_app"):
-        chat.state
+        _ = chat.state
 
 
 BAD_API_SENDS = [
@@ -209,7 +226,9 @@ def test_permission_handler_replaces_the_default(app_factory: Callable[..., Flas
     assert seen == [(1, "6_Group"), (1, "3_User")]
 
 
-def test_flask_login_is_the_default_current_user(closing: Callable[[Flask], Flask], redis_url: str) -> None:
+def test_flask_login_is_the_default_current_user(
+    closing: Callable[[Flask], Flask], redis_url: str
+) -> None:
     from flask_login import LoginManager, UserMixin, login_user
 
     class U(UserMixin):
@@ -235,8 +254,10 @@ def test_flask_login_is_the_default_current_user(closing: Callable[[Flask], Flas
     sent = c.post("/chats/send_message", json={"to": "2_User", "message_text": "via login"})
     assert sent.status_code == 201, sent.json
     assert sent.json["image"] == "/img/1.png"
-    assert c.post("/chats/send_message",
-                  json={"to": "7_User", "message_text": "x"}).json["error"] == "unknown_recipient"
+    assert (
+        c.post("/chats/send_message", json={"to": "7_User", "message_text": "x"}).json["error"]
+        == "unknown_recipient"
+    )
 
 
 def test_public_names_are_reexported() -> None:

@@ -12,11 +12,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from helpers import wait_for
 
 from flask_chat import ConfigurationError
 from flask_chat.server import check_gevent_patched
-
-from helpers import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,11 +44,19 @@ def port_open(port: int) -> bool:
 def demo_server(redis_url: str) -> Iterator[int]:
     port = free_port()
     env = dict(os.environ, CHAT_REDIS_URL=redis_url, PORT=str(port), QUIET="1")
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "examples", "serve.py")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "examples", "serve.py")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        wait_for(lambda: port_open(port) or proc.poll() is not None, timeout=30,
-                 what="the demo server to listen")
+        wait_for(
+            lambda: port_open(port) or proc.poll() is not None,
+            timeout=30,
+            what="the demo server to listen",
+        )
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         yield port
     finally:
@@ -65,8 +72,9 @@ class Browser:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         self.cookie = ""
 
-    def request(self, method: str, path: str, body: str | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, str]:
+    def request(
+        self, method: str, path: str, body: str | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
         all_headers = dict(headers or {})
         if self.cookie:
             all_headers["Cookie"] = self.cookie
@@ -85,15 +93,23 @@ def test_two_people_chat_through_the_served_demo(demo_server: int) -> None:
     alice, bob = Browser(demo_server), Browser(demo_server)
     try:
         for who, name in ((alice, "alice"), (bob, "bob")):
-            status, _ = who.request("POST", "/login", "username=" + name,
-                                    {"Content-Type": "application/x-www-form-urlencoded"})
+            status, _ = who.request(
+                "POST",
+                "/login",
+                "username=" + name,
+                {"Content-Type": "application/x-www-form-urlencoded"},
+            )
             assert status == 302
         _, page = alice.request("GET", "/")
-        token = json.loads(re.search(r'id="flask-chat-bootstrap">(.*?)</script>', page)
-                           .group(1))["csrf_token"]
+        token = json.loads(re.search(r'id="flask-chat-bootstrap">(.*?)</script>', page).group(1))[
+            "csrf_token"
+        ]
         status, body = alice.request(
-            "POST", "/chats/send_message", json.dumps({"to": "2_User", "message_text": "hello"}),
-            {"Content-Type": "application/json", "X-CSRF-Token": token})
+            "POST",
+            "/chats/send_message",
+            json.dumps({"to": "2_User", "message_text": "hello"}),
+            {"Content-Type": "application/json", "X-CSRF-Token": token},
+        )
         assert status == 201, body
         status, body = bob.request("GET", "/chats/history")
         assert json.loads(body)["1_User"]["messages"][0]["message_text"] == "hello"

@@ -6,10 +6,8 @@ import json
 import re
 from collections.abc import Callable
 
-from flask import Flask
-from flask.testing import FlaskClient
-
 import conftest
+from flask.testing import FlaskClient
 
 Login = Callable[[int], FlaskClient]
 
@@ -43,8 +41,8 @@ def test_bootstrap_has_history_windows_and_settings(as_user: Login) -> None:
     assert data["csrf_token"]
     assert data["urls"]["send_message"] == "/chats/send_message"
     assert data["settings"]["max_message_length"] == 2000
-    assert '/chats/static/flask_chat/chat.js' in html
-    assert '/chats/static/flask_chat/chat.css' in html
+    assert "/chats/static/flask_chat/chat.js" in html
+    assert "/chats/static/flask_chat/chat.css" in html
 
 
 def test_hostile_message_text_and_names_cannot_break_out(
@@ -54,8 +52,12 @@ def test_hostile_message_text_and_names_cannot_break_out(
     conftest.USERS[2] = conftest.UserInfo(2, HOSTILE, "/img/x.png?a=1&b=</script>")
     try:
         alice = as_user(1)
-        assert alice.post("/chats/send_message",
-                          json={"to": "2_User", "message_text": HOSTILE}).status_code == 201
+        assert (
+            alice.post(
+                "/chats/send_message", json={"to": "2_User", "message_text": HOSTILE}
+            ).status_code
+            == 201
+        )
         as_user(2).post("/chats/send_message", json={"to": "1_User", "message_text": HOSTILE})
         html = alice.get("/page").get_data(as_text=True)
     finally:

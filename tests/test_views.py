@@ -10,10 +10,9 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import dump
 
 from flask_chat import message_sent
-
-from helpers import dump
 
 Login = Callable[[int], FlaskClient]
 
@@ -28,7 +27,13 @@ def test_one_to_one_round_trip_matches_the_seed_layout(as_user: Login) -> None:
     assert first.status_code == 201, first.json
     body = first.json
     assert list(body) == [
-        "id", "conversation", "message_text", "type", "image", "sender_id", "sent_at"
+        "id",
+        "conversation",
+        "message_text",
+        "type",
+        "image",
+        "sender_id",
+        "sent_at",
     ]
     assert body["conversation"] == "2_User"
     assert body["type"] == "sent"
@@ -43,10 +48,22 @@ def test_one_to_one_round_trip_matches_the_seed_layout(as_user: Login) -> None:
         "2_User": {
             "type": "User",
             "messages": [
-                {"message_text": "hi bob", "type": "sent", "image": "/img/alice.png",
-                 "id": body["id"], "sender_id": 1, "sent_at": body["sent_at"]},
-                {"message_text": "hello alice", "type": "received", "image": "/img/bob.png",
-                 "id": reply["id"], "sender_id": 2, "sent_at": reply["sent_at"]},
+                {
+                    "message_text": "hi bob",
+                    "type": "sent",
+                    "image": "/img/alice.png",
+                    "id": body["id"],
+                    "sender_id": 1,
+                    "sent_at": body["sent_at"],
+                },
+                {
+                    "message_text": "hello alice",
+                    "type": "received",
+                    "image": "/img/bob.png",
+                    "id": reply["id"],
+                    "sender_id": 2,
+                    "sent_at": reply["sent_at"],
+                },
             ],
         }
     }
@@ -54,10 +71,22 @@ def test_one_to_one_round_trip_matches_the_seed_layout(as_user: Login) -> None:
         "1_User": {
             "type": "User",
             "messages": [
-                {"message_text": "hi bob", "type": "received", "image": "/img/alice.png",
-                 "id": body["id"], "sender_id": 1, "sent_at": body["sent_at"]},
-                {"message_text": "hello alice", "type": "sent", "image": "/img/bob.png",
-                 "id": reply["id"], "sender_id": 2, "sent_at": reply["sent_at"]},
+                {
+                    "message_text": "hi bob",
+                    "type": "received",
+                    "image": "/img/alice.png",
+                    "id": body["id"],
+                    "sender_id": 1,
+                    "sent_at": body["sent_at"],
+                },
+                {
+                    "message_text": "hello alice",
+                    "type": "sent",
+                    "image": "/img/bob.png",
+                    "id": reply["id"],
+                    "sender_id": 2,
+                    "sent_at": reply["sent_at"],
+                },
             ],
         }
     }
@@ -70,8 +99,11 @@ def test_group_round_trip_reaches_every_member(as_user: Login) -> None:
     sent = send(alice, "5_Group", "hello team").json
     assert sent["conversation"] == "5_Group"
     send(carol, "5_Group", "hi all")
-    for client, types in ((alice, ["sent", "received"]), (bob, ["received", "received"]),
-                          (carol, ["received", "sent"])):
+    for client, types in (
+        (alice, ["sent", "received"]),
+        (bob, ["received", "received"]),
+        (carol, ["received", "sent"]),
+    ):
         history = client.get("/chats/history").json
         assert list(history) == ["5_Group"]
         assert history["5_Group"]["type"] == "Group"
@@ -86,8 +118,9 @@ def test_form_posts_work_and_carry_the_token_as_a_field(app: Flask) -> None:
 
     c = app.test_client()
     token = login(c, 1)
-    resp = c.post("/chats/send_message",
-                  data={"to": "2_User", "message_text": "by form", "csrf_token": token})
+    resp = c.post(
+        "/chats/send_message", data={"to": "2_User", "message_text": "by form", "csrf_token": token}
+    )
     assert resp.status_code == 201, resp.json
     assert resp.json["message_text"] == "by form"
 
@@ -128,14 +161,17 @@ def test_windows_are_stored_in_order(as_user: Login) -> None:
     alice.post("/chats/windows", json={"conversation": "5_Group", "state": "minimised"})
     resp = alice.post("/chats/windows", json={"conversation": "2_User", "state": "hidden"})
     assert resp.status_code == 200
-    expected = [{"conversation": "2_User", "state": "hidden"},
-                {"conversation": "5_Group", "state": "minimised"}]
+    expected = [
+        {"conversation": "2_User", "state": "hidden"},
+        {"conversation": "5_Group", "state": "minimised"},
+    ]
     assert resp.json == {"windows": expected}
     assert alice.get("/chats/windows").json == {"windows": expected}
 
 
-@pytest.mark.parametrize("path", ["/chats/history", "/chats/windows",
-                                  "/chats/conversations/2_User"])
+@pytest.mark.parametrize(
+    "path", ["/chats/history", "/chats/windows", "/chats/conversations/2_User"]
+)
 def test_anonymous_gets_401(client: FlaskClient, path: str) -> None:
     resp = client.get(path)
     assert resp.status_code == 401
@@ -164,30 +200,67 @@ BAD_SENDS: list[tuple[str, dict[str, Any], int, str]] = [
     ("malformed to", {"json": {"to": "bob", "message_text": "x"}}, 400, "invalid_conversation"),
     ("zero id", {"json": {"to": "0_User", "message_text": "x"}}, 400, "invalid_conversation"),
     ("padded id", {"json": {"to": "02_User", "message_text": "x"}}, 400, "invalid_conversation"),
-    ("lower-case kind", {"json": {"to": "2_user", "message_text": "x"}}, 400, "invalid_conversation"),
-    ("huge id", {"json": {"to": "99999999999999999999_User", "message_text": "x"}}, 400,
-     "invalid_conversation"),
+    (
+        "lower-case kind",
+        {"json": {"to": "2_user", "message_text": "x"}},
+        400,
+        "invalid_conversation",
+    ),
+    (
+        "huge id",
+        {"json": {"to": "99999999999999999999_User", "message_text": "x"}},
+        400,
+        "invalid_conversation",
+    ),
     ("to a number", {"json": {"to": 2, "message_text": "x"}}, 400, "invalid_conversation"),
-    ("trailing newline", {"json": {"to": "2_User\n", "message_text": "x"}}, 400,
-     "invalid_conversation"),
-    ("invalid json", {"data": b'{"to": "2_User",', "content_type": "application/json"}, 400,
-     "invalid_json"),
-    ("invalid utf-8", {"data": b'{"to": "\xff"}', "content_type": "application/json"}, 400,
-     "invalid_json"),
+    (
+        "trailing newline",
+        {"json": {"to": "2_User\n", "message_text": "x"}},
+        400,
+        "invalid_conversation",
+    ),
+    (
+        "invalid json",
+        {"data": b'{"to": "2_User",', "content_type": "application/json"},
+        400,
+        "invalid_json",
+    ),
+    (
+        "invalid utf-8",
+        {"data": b'{"to": "\xff"}', "content_type": "application/json"},
+        400,
+        "invalid_json",
+    ),
     ("json not an object", {"json": ["2_User", "x"]}, 400, "invalid_body"),
     ("json null", {"data": b"null", "content_type": "application/json"}, 400, "invalid_body"),
-    ("wrong content type", {"data": "to=2_User", "content_type": "text/plain"}, 415,
-     "unsupported_media_type"),
+    (
+        "wrong content type",
+        {"data": "to=2_User", "content_type": "text/plain"},
+        415,
+        "unsupported_media_type",
+    ),
     ("no content type", {"data": b""}, 415, "unsupported_media_type"),
-    ("body too large", {"json": {"to": "2_User", "message_text": "x" * 70000}}, 413,
-     "request_too_large"),
-    ("lone surrogate", {"data": b'{"to": "2_User", "message_text": "\\ud800"}',
-                        "content_type": "application/json"}, 400, "invalid_field"),
+    (
+        "body too large",
+        {"json": {"to": "2_User", "message_text": "x" * 70000}},
+        413,
+        "request_too_large",
+    ),
+    (
+        "lone surrogate",
+        {
+            "data": b'{"to": "2_User", "message_text": "\\ud800"}',
+            "content_type": "application/json",
+        },
+        400,
+        "invalid_field",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "kwargs", "status", "code"), BAD_SENDS,
-                         ids=[c[0] for c in BAD_SENDS])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "status", "code"), BAD_SENDS, ids=[c[0] for c in BAD_SENDS]
+)
 def test_bad_sends_are_refused_and_change_nothing(
     as_user: Login, r: redis.Redis, name: str, kwargs: dict[str, Any], status: int, code: str
 ) -> None:
@@ -207,12 +280,14 @@ def test_csrf_missing_or_wrong_token_is_refused(app: Flask, r: redis.Redis) -> N
     c = app.test_client()
     login(c, 1)
     for headers in ({}, {"X-CSRF-Token": "wrong"}, {"X-CSRF-Token": ""}):
-        resp = c.post("/chats/send_message", json={"to": "2_User", "message_text": "x"},
-                      headers=headers)
+        resp = c.post(
+            "/chats/send_message", json={"to": "2_User", "message_text": "x"}, headers=headers
+        )
         assert resp.status_code == 403
         assert resp.json["error"] == "csrf_failed"
-        resp = c.post("/chats/windows", json={"conversation": "2_User", "state": "open"},
-                      headers=headers)
+        resp = c.post(
+            "/chats/windows", json={"conversation": "2_User", "state": "open"}, headers=headers
+        )
         assert resp.status_code == 403
     assert dump(r) == {}
 
@@ -223,9 +298,12 @@ def test_csrf_token_from_the_bootstrap_data_works(app: Flask) -> None:
         sess["uid"] = 1
     html = c.get("/page").get_data(as_text=True)
     start = html.index('id="flask-chat-bootstrap">') + len('id="flask-chat-bootstrap">')
-    data = json.loads(html[start:html.index("</script>", start)])
-    resp = c.post("/chats/send_message", json={"to": "2_User", "message_text": "x"},
-                  headers={"X-CSRF-Token": data["csrf_token"]})
+    data = json.loads(html[start : html.index("</script>", start)])
+    resp = c.post(
+        "/chats/send_message",
+        json={"to": "2_User", "message_text": "x"},
+        headers={"X-CSRF-Token": data["csrf_token"]},
+    )
     assert resp.status_code == 201
 
 
@@ -235,7 +313,9 @@ def test_csrf_can_be_switched_off(app_factory: Callable[..., Flask]) -> None:
     app = app_factory(CHAT_CSRF_ENABLED=False)
     c = app.test_client()
     login(c, 1)
-    assert c.post("/chats/send_message", json={"to": "2_User", "message_text": "x"}).status_code == 201
+    assert (
+        c.post("/chats/send_message", json={"to": "2_User", "message_text": "x"}).status_code == 201
+    )
 
 
 BAD_READS = [
