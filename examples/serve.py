@@ -16,16 +16,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from chat_app import create_app  # noqa: E402
 
-from flask_chat.server import make_server  # noqa: E402
+from flask_chat.server import serve  # noqa: E402
 
 
 def main() -> None:
     app = create_app()
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "5000"))
-    server = make_server(app, host, port, log=None if os.environ.get("QUIET") else "default")
     print(f"flask-chat demo: http://{host}:{port}/  (log in as alice, bob or carol)", flush=True)
-    server.serve_forever()
+    serve(app, host, port, log=None if os.environ.get("QUIET") else "default")
 
 
 if __name__ == "__main__":

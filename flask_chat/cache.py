@@ -31,53 +31,92 @@ History = dict[str, dict[str, Any]]
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """One message as one owner sees it, ready to append."""
+    """One message as one owner sees it, ready to append.
 
-    user_id: int
+    The owner is a user, or (``user_id`` None, ``keys`` given) a group's shared store.
+    """
+
+    user_id: int | None
     conversation: str
     message_id: str
-    body: str  # the message JSON, serialised once and shared by every owner alike
+    body: str | bytes  # serialised once and shared by every owner alike
+    keys: list[str] | None = None
+
+
+def entry_from_event(event: dict[str, Any], owner_id: int) -> dict[str, Any]:
+    """A message event (side-neutral) as a cache entry seen by ``owner_id``."""
+    return {
+        "message_text": event["message_text"],
+        "type": "sent" if event["sender_id"] == owner_id else "received",
+        "image": event["image"],
+        "id": event["id"],
+        "sender_id": event["sender_id"],
+        "sent_at": event["sent_at"],
+    }
 
 
 class ChatCache:
     def __init__(
-        self, client: redis.Redis, keys: Keys, scripts: Scripts, history_limit: int
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        scripts: Scripts,
+        history_limit: int,
+        retention: int = 3600,
     ) -> None:
         self.client = client
         self.keys = keys
         self.scripts = scripts
         self.history_limit = history_limit
+        # How long the catch-up floor is remembered; older catch-ups never recover.
+        self.retention = retention
 
-    def append(self, entries: Iterable[CacheEntry], score: int) -> list[int]:
-        """Append messages to their owners' caches in one round trip.
+    def append(
+        self,
+        entries: Iterable[CacheEntry],
+        score: int,
+        publish: Iterable[tuple[str, bytes]] = (),
+    ) -> list[int]:
+        """Append messages to their owners' caches, then publish, in one round trip.
 
         Each append is atomic per owner; owners are independent (no cross-slot
         transaction). ``score`` orders a conversation created by this append among
-        the owner's others. Returns, per entry, how many old messages were trimmed
-        off the window, or -1 where the id was already cached.
+        the owner's others. ``publish`` holds (channel, payload) pairs sent after the
+        appends on the same connection, so a subscriber that reacts to an event finds
+        the message already cached. Returns, per entry, how many old messages were
+        trimmed off the window, or -1 where the id was already cached.
         """
         pipe = self.client.pipeline(transaction=False)
         users: set[int] = set()
         count = 0
         for entry in entries:
+            keys = entry.keys
+            if keys is None:
+                assert entry.user_id is not None
+                keys = self.keys.conversation_keys(entry.user_id, entry.conversation)
             self.scripts.append(
-                keys=self.keys.conversation_keys(entry.user_id, entry.conversation),
+                keys=keys,
                 args=[
                     entry.conversation,
                     entry.message_id,
                     entry.body,
                     self.history_limit,
                     score,
+                    self.retention,
                 ],
                 client=pipe,
             )
-            users.add(entry.user_id)
+            if entry.user_id is not None:
+                users.add(entry.user_id)
             count += 1
         if not count:
             return []
         # After the appends, so a concurrent clear() can never leave a user with a
         # cache outside the set (clear removes from the set before it removes data).
-        pipe.sadd(self.keys.cached_users(), *users)
+        if users:
+            pipe.sadd(self.keys.cached_users(), *users)
+        for channel, payload in publish:
+            pipe.publish(channel, payload)
         results = pipe.execute()
         return [int(r) for r in results[:count]]
 
@@ -107,15 +146,31 @@ class ChatCache:
         self, user_id: int, conversation: str, before: str | None, limit: int
     ) -> list[dict[str, Any]]:
         """Up to ``limit`` messages of one conversation older than ``before``, newest first."""
-        top = f"({before}" if before else "+"
-        ids = self.client.zrevrangebylex(
-            self.keys.message_index(user_id, conversation), top, "-", start=0, num=limit
+        bodies = self._page(
+            self.keys.message_index(user_id, conversation),
+            self.keys.message_bodies(user_id, conversation),
+            before,
+            limit,
         )
+        return [json.loads(b) for b in bodies]
+
+    def group_page(
+        self, owner_id: int, group_id: int, before: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Like :meth:`page`, from the group's shared store, as ``owner_id`` sees it."""
+        _, index, bodies, _ = self.keys.group_conversation_keys(group_id)
+        return [
+            entry_from_event(json.loads(b), owner_id)
+            for b in self._page(index, bodies, before, limit)
+        ]
+
+    def _page(self, index: str, bodies: str, before: str | None, limit: int) -> list[str]:
+        top = f"({before}" if before else "+"
+        ids = self.client.zrevrangebylex(index, top, "-", start=0, num=limit)
         if not ids:
             return []
-        bodies = self.client.hmget(self.keys.message_bodies(user_id, conversation), ids)
         # A body can vanish between the two reads if a clear runs; skip it then.
-        return [json.loads(b) for b in bodies if b is not None]
+        return [str(b) for b in self.client.hmget(bodies, ids) if b is not None]
 
     def remove(self, user_id: int, ids_by_conversation: dict[str, list[str]]) -> int:
         """Remove exactly these message ids; returns how many were removed."""
@@ -126,7 +181,7 @@ class ChatCache:
                 continue
             self.scripts.remove(
                 keys=self.keys.conversation_keys(user_id, conversation),
-                args=[conversation, *ids],
+                args=[conversation, self.retention, *ids],
                 client=pipe,
             )
             calls += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from flask import Flask, current_app
@@ -25,9 +25,13 @@ from .directory import (
 from .embedded import embedded_redis_url
 from .errors import ConfigurationError
 from .keys import Keys
+from .presence import Presence
 from .scripts import Scripts
 from .signals import cache_cleared, message_sent
 from .windows import Windows
+
+if TYPE_CHECKING:
+    from .hub import Hub
 
 F = TypeVar("F")
 
@@ -42,6 +46,17 @@ DEFAULTS: dict[str, Any] = {
     "CHAT_PAGE_SIZE": 50,
     "CHAT_MAX_REQUEST_BYTES": 64 * 1024,
     "CHAT_CSRF_ENABLED": True,
+    "CHAT_SEND_RATE": 10.0,
+    "CHAT_SEND_BURST": 30,
+    "CHAT_PING_INTERVAL": 25.0,
+    "CHAT_PRESENCE_TTL": 30.0,
+    "CHAT_WS_ALLOWED_ORIGINS": (),
+    "CHAT_WS_TOKEN_MAX_AGE": 3600,
+    "CHAT_WS_MAX_MESSAGE_BYTES": 64 * 1024,
+    "CHAT_WS_MAX_QUEUE_BYTES": 1024 * 1024,
+    "CHAT_CATCHUP_RETENTION": 3600,
+    "CHAT_CATCHUP_LIMIT": 1000,
+    "CHAT_METRICS_PATH": "/metrics",
 }
 
 
@@ -57,6 +72,17 @@ class ChatConfig:
     page_size: int
     max_request_bytes: int
     csrf_enabled: bool
+    send_rate: float
+    send_burst: int
+    ping_interval: float
+    presence_ttl: float
+    allowed_origins: tuple[str, ...]
+    token_max_age: int
+    max_ws_message: int
+    max_ws_queue: int
+    catchup_retention: int
+    catchup_limit: int
+    metrics_path: str | None
 
 
 @dataclass
@@ -69,6 +95,9 @@ class ChatState:
     scripts: Scripts
     cache: ChatCache
     windows: Windows
+    presence: Presence
+    #: The process's hub, started with the first websocket (see ``websocket.py``).
+    hub: Hub | None = None
 
 
 def _positive_int(config: dict[str, Any], name: str) -> int:
@@ -76,6 +105,13 @@ def _positive_int(config: dict[str, Any], name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigurationError(f"{name} must be a positive integer, not {value!r}.")
     return value
+
+
+def _number(config: dict[str, Any], name: str, minimum: float = 0.0) -> float:
+    value = config[name]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < minimum:
+        raise ConfigurationError(f"{name} must be a number of at least {minimum}, not {value!r}.")
+    return float(value)
 
 
 class Chat:
@@ -105,6 +141,7 @@ class Chat:
         self._group_loader: GroupLoader | None = None
         self._user_groups_loader: UserGroupsLoader | None = None
         self._permission_handler: PermissionHandler | None = None
+        self._presence_audience_loader: UserGroupsLoader | None = None
         if app is not None:
             self.init_app(app)
 
@@ -135,6 +172,29 @@ class Chat:
             Largest request body flask-chat's routes read.
         ``CHAT_CSRF_ENABLED`` (True)
             Check the ``X-CSRF-Token`` header on state-changing routes.
+        ``CHAT_SEND_RATE`` (10.0), ``CHAT_SEND_BURST`` (30)
+            Per-user send limit (token bucket in Redis): messages a second, and how many
+            may come at once. 0 switches the limit off.
+        ``CHAT_PING_INTERVAL`` (25.0)
+            Seconds between websocket pings; a peer silent for two intervals is dropped.
+        ``CHAT_PRESENCE_TTL`` (30.0)
+            Seconds a connection counts as alive without a heartbeat; a killed
+            instance's users go offline within this.
+        ``CHAT_WS_ALLOWED_ORIGINS`` (())
+            Origins besides the app's own that may open the websocket.
+        ``CHAT_WS_TOKEN_MAX_AGE`` (3600)
+            Lifetime in seconds of the websocket token in the bootstrap data.
+        ``CHAT_WS_MAX_MESSAGE_BYTES`` (65536)
+            Largest client websocket message (larger: close 1009).
+        ``CHAT_WS_MAX_QUEUE_BYTES`` (1048576)
+            Bytes a connection may have waiting to be written before it is dropped as a
+            slow client (close 1008); it reconnects and catches up.
+        ``CHAT_CATCHUP_RETENTION`` (3600)
+            Seconds a reconnecting client can catch up over (older: ``recovered: false``).
+        ``CHAT_CATCHUP_LIMIT`` (1000)
+            Most messages one catch-up replays (more: ``recovered: false``).
+        ``CHAT_METRICS_PATH`` (``/metrics``)
+            Where Prometheus metrics are served; None switches them off.
         """
         if "chat" in app.extensions:
             raise RuntimeError(
@@ -152,16 +212,20 @@ class Chat:
             redis=client,
             keys=keys,
             scripts=scripts,
-            cache=ChatCache(client, keys, scripts, config.history_limit),
+            cache=ChatCache(client, keys, scripts, config.history_limit, config.catchup_retention),
             windows=Windows(client, keys),
+            presence=Presence(client, keys, config.presence_ttl),
         )
         app.extensions["chat"] = self
 
+        from . import websocket  # noqa: F401  (registers /ws on the blueprint)
         from .templating import chat_bootstrap
-        from .views import blueprint
+        from .views import blueprint, metrics_view
 
         app.register_blueprint(blueprint, url_prefix=config.url_prefix)
         app.add_template_global(chat_bootstrap, "chat_bootstrap")
+        if config.metrics_path:
+            app.add_url_rule(config.metrics_path, "chat_metrics", metrics_view)
 
     def _read_config(self, app: Flask) -> ChatConfig:
         c = app.config
@@ -206,6 +270,17 @@ class Chat:
             page_size=_positive_int(c, "CHAT_PAGE_SIZE"),
             max_request_bytes=_positive_int(c, "CHAT_MAX_REQUEST_BYTES"),
             csrf_enabled=bool(c["CHAT_CSRF_ENABLED"]),
+            send_rate=_number(c, "CHAT_SEND_RATE"),
+            send_burst=_positive_int(c, "CHAT_SEND_BURST"),
+            ping_interval=_number(c, "CHAT_PING_INTERVAL", 0.1),
+            presence_ttl=_number(c, "CHAT_PRESENCE_TTL", 0.3),
+            allowed_origins=tuple(c["CHAT_WS_ALLOWED_ORIGINS"] or ()),
+            token_max_age=_positive_int(c, "CHAT_WS_TOKEN_MAX_AGE"),
+            max_ws_message=_positive_int(c, "CHAT_WS_MAX_MESSAGE_BYTES"),
+            max_ws_queue=_positive_int(c, "CHAT_WS_MAX_QUEUE_BYTES"),
+            catchup_retention=_positive_int(c, "CHAT_CATCHUP_RETENTION"),
+            catchup_limit=_positive_int(c, "CHAT_CATCHUP_LIMIT"),
+            metrics_path=c["CHAT_METRICS_PATH"] or None,
         )
 
     @property
@@ -258,6 +333,13 @@ class Chat:
         Default: any user may message any other user; only members may message a group.
         """
         self._permission_handler = func
+        return func
+
+    def presence_audience_loader(self, func: UserGroupsLoader) -> UserGroupsLoader:
+        """Register ``func(user_id)`` returning the ids of the users who see that user
+        come online and go offline. Default: the members of the user's groups and the
+        users they have a 1:1 conversation with."""
+        self._presence_audience_loader = func
         return func
 
     # -- asking the host app -------------------------------------------------------
@@ -327,3 +409,31 @@ class Chat:
     def cached_user_ids(self) -> Iterable[int]:
         """Ids of the users who have a cache."""
         return self.state.cache.cached_users()
+
+    def is_online(self, user_id: int) -> bool:
+        """Whether the user has a live websocket on any instance."""
+        return self.state.presence.is_online(user_id)
+
+    def presence_audience(self, user_id: int) -> tuple[list[int], list[int]]:
+        """Who sees ``user_id`` come and go: (user ids, group ids whose members do).
+
+        The ``presence_audience_loader`` hook decides; by default, the members of the
+        user's groups and the users they have a 1:1 conversation with.
+        """
+        if self._presence_audience_loader is not None:
+            return [int(u) for u in self._presence_audience_loader(user_id)], []
+        peers = [
+            int(c.split("_", 1)[0])
+            for c in self.state.cache.conversation_ids(user_id)
+            if c.endswith("_User")
+        ]
+        return peers, self.user_group_ids(user_id)
+
+    def group_membership_changed(
+        self, group_id: int, added: Iterable[int] = (), removed: Iterable[int] = ()
+    ) -> None:
+        """Tell live connections that users joined or left a group (call it from the
+        host app after changing the membership); no reconnect is needed."""
+        from . import delivery
+
+        delivery.membership(self.state, group_id, added, removed)

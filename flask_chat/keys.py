@@ -11,6 +11,19 @@ on a cluster)::
                                          so they sort lexically, which is time order)
     chat:{u:1}:msg:2_User         HASH   message id -> message JSON, as user 1 sees it
     chat:{u:1}:windows            HASH   conversation key -> window state JSON
+    chat:{u:1}:floor              STRING highest message id that left user 1's cache
+                                         (trimmed or cleared): catch-up below it is lost
+    chat:{u:1}:conns              ZSET   user 1's live connection ids, scored by expiry
+    chat:{u:1}:reads              HASH   conversation key -> last message id read
+    chat:{u:1}:rate               HASH   send rate limiter state (token bucket)
+    chat:{g:5}:convs / :idx:5_Group / :msg:5_Group / :floor
+                                         group 5's recent messages, shared by all members
+    chat:online                   ZSET   online user ids, scored by presence expiry
+
+Pub/sub channels (one subscriber connection per process listens to what it needs)::
+
+    chat:ch:u:1                   events for user 1 (all their connections)
+    chat:ch:g:5                   events for group 5's online members
 """
 
 from __future__ import annotations
@@ -51,7 +64,45 @@ class Keys:
             self.conversations(user_id),
             self.message_index(user_id, conversation),
             self.message_bodies(user_id, conversation),
+            self.floor(user_id),
         ]
+
+    def floor(self, user_id: int) -> str:
+        return f"{self._user(user_id)}:floor"
+
+    def connections(self, user_id: int) -> str:
+        return f"{self._user(user_id)}:conns"
+
+    def reads(self, user_id: int) -> str:
+        return f"{self._user(user_id)}:reads"
+
+    def rate(self, user_id: int) -> str:
+        return f"{self._user(user_id)}:rate"
+
+    def _group(self, group_id: int) -> str:
+        return f"{self.prefix}:{{g:{group_id}}}"
+
+    def group_conversation_keys(self, group_id: int) -> list[str]:
+        """KEYS of a group's shared store, laid out like one user's conversation."""
+        conversation = f"{group_id}_Group"
+        return [
+            f"{self._group(group_id)}:convs",
+            f"{self._group(group_id)}:idx:{conversation}",
+            f"{self._group(group_id)}:msg:{conversation}",
+            self.group_floor(group_id),
+        ]
+
+    def group_floor(self, group_id: int) -> str:
+        return f"{self._group(group_id)}:floor"
+
+    def online(self) -> str:
+        return f"{self.prefix}:online"
+
+    def user_channel(self, user_id: int) -> str:
+        return f"{self.prefix}:ch:u:{user_id}"
+
+    def group_channel(self, group_id: int) -> str:
+        return f"{self.prefix}:ch:g:{group_id}"
 
     def user_pattern(self) -> str:
         """A SCAN pattern matching every per-user key of this prefix."""

@@ -1,23 +1,32 @@
-"""Sending a message: validate, allocate an id, write every owner's cache.
+"""Sending a message: validate, allocate an id, write every owner's cache, publish.
 
-This is the one send path: ``POST /chats/send_message``, :meth:`flask_chat.Chat.send_message`
-and (later) websocket frames and the bridge all come through :func:`send`.
+This is the one send path: ``POST /chats/send_message``, :meth:`flask_chat.Chat.send_message`,
+the websocket ``send`` frame and the bridge all come through :func:`send`. It costs two
+Redis round trips: (rate limit, id, who is online) and (every append, then the publishes).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import presence
+from . import protocol
 from .cache import CacheEntry
 from .conversations import ConversationKey, valid_user_id
-from .errors import Forbidden, NotFound, ValidationError
-from .ids import id_time, iso_utc, next_id
+from .errors import ChatError, Forbidden, NotFound, ValidationError
+from .ids import format_id, id_time, iso_utc
+from .metrics import METRICS
 
 if TYPE_CHECKING:
+    from .directory import GroupInfo
     from .extension import Chat, ChatState
+
+
+class RateLimited(ChatError):
+    code = "rate_limited"
+    status = 429
 
 
 @dataclass(frozen=True)
@@ -81,8 +90,8 @@ def validate_text(value: object, max_length: int) -> str:
     return value
 
 
-def resolve_recipients(chat: Chat, sender_id: int, to: ConversationKey) -> list[int]:
-    """Check that ``sender_id`` may write to ``to``; return who it reaches, sender excluded."""
+def check_target(chat: Chat, sender_id: int, to: ConversationKey) -> GroupInfo | None:
+    """Check that ``sender_id`` may write to ``to``; returns the group for a group key."""
     if not to.is_group:
         if to.id == sender_id:
             raise ValidationError(
@@ -92,7 +101,7 @@ def resolve_recipients(chat: Chat, sender_id: int, to: ConversationKey) -> list[
             raise NotFound(f"There is no user {to.id}.", code="unknown_recipient", field="to")
         if not chat.can_message(sender_id, to):
             raise Forbidden(f"You may not message user {to.id}.", field="to")
-        return [to.id]
+        return None
     group = chat.get_group(to.id)
     if group is None:
         raise NotFound(f"There is no group {to.id}.", code="unknown_recipient", field="to")
@@ -100,16 +109,15 @@ def resolve_recipients(chat: Chat, sender_id: int, to: ConversationKey) -> list[
         if chat.has_permission_handler:
             raise Forbidden(f"You may not message group {to.id}.", field="to")
         raise Forbidden(f"You are not a member of group {to.id}.", code="not_a_member", field="to")
-    return presence.online_user_ids(m for m in group.members if m != sender_id)
+    return group
 
 
 def send(
     chat: Chat, state: ChatState, sender_id: object, to: object, text: object
 ) -> tuple[Message, list[int]]:
-    """Validate and store one message; returns it and the ids of the users it reached.
-
-    Nothing is written unless every check passes.
-    """
+    """Validate, store and publish one message; returns it and the users whose caches
+    received it (the sender excluded). Nothing is written unless every check passes."""
+    started = time.perf_counter()
     if not valid_user_id(sender_id):
         raise ValidationError(
             "The sender id must be a positive integer.", code="invalid_sender", field="sender_id"
@@ -120,9 +128,41 @@ def send(
     sender = chat.get_user(sender_id)
     if sender is None:
         raise NotFound(f"There is no user {sender_id}.", code="unknown_sender", field="sender_id")
-    recipients = resolve_recipients(chat, sender_id, conversation)
+    group = check_target(chat, sender_id, conversation)
+    keys = state.keys
 
-    message_id = next_id(state.redis, state.scripts, state.keys)
+    # Round trip 1: the rate limit, the id, and (for a group) who is online.
+    pipe = state.redis.pipeline(transaction=False)
+    config = state.config
+    if config.send_rate:
+        state.scripts.rate_limit(
+            keys=[keys.rate(sender_id)], args=[config.send_rate, config.send_burst], client=pipe
+        )
+    state.scripts.next_id(keys=[keys.ids()], client=pipe)
+    members = [m for m in group.members if m != sender_id] if group else []
+    if members:
+        pipe.zmscore(keys.online(), [str(m) for m in members])
+    results = pipe.execute()
+    if config.send_rate and not results.pop(0):
+        raise RateLimited(
+            f"Too many messages: at most {config.send_rate:g} a second.", field="message_text"
+        )
+    ms, seq = results[0]
+    message_id = format_id(int(ms), int(seq))
+    if group is None:
+        recipients = [conversation.id]
+    else:
+        now = time.time()
+        recipients = (
+            [
+                m
+                for m, s in zip(members, results[1] if members else [], strict=True)
+                if s is not None and s > now
+            ]
+            if members
+            else []
+        )
+
     sent = id_time(message_id)
     message = Message(
         id=message_id,
@@ -132,11 +172,10 @@ def send(
         image=sender.image,
         sent_at=iso_utc(sent),
     )
-    # Serialise once per side: every recipient of a group message stores the same bytes.
-    received_body = json.dumps(message.cache_entry("received"), ensure_ascii=False)
-    their_key = (
-        str(ConversationKey.user(sender_id)) if not conversation.is_group else str(conversation)
-    )
+    # Round trip 2: every append, then the publishes. Each body is serialised once per
+    # side, and one event (the same bytes) goes to every recipient and tab.
+    event = protocol.message_event(message)
+    received = json.dumps(message.cache_entry("received"), ensure_ascii=False)
     entries = [
         CacheEntry(
             sender_id,
@@ -145,6 +184,29 @@ def send(
             json.dumps(message.cache_entry("sent"), ensure_ascii=False),
         )
     ]
-    entries.extend(CacheEntry(uid, their_key, message_id, received_body) for uid in recipients)
-    state.cache.append(entries, score=int(sent.timestamp() * 1000))
+    if group is None:
+        entries.append(
+            CacheEntry(conversation.id, str(ConversationKey.user(sender_id)), message_id, received)
+        )
+        channels = [keys.user_channel(conversation.id), keys.user_channel(sender_id)]
+    else:
+        # The group's own store serves members who were offline, and catch-up.
+        entries.append(
+            CacheEntry(
+                None,
+                str(conversation),
+                message_id,
+                event,
+                keys=keys.group_conversation_keys(group.id),
+            )
+        )
+        entries.extend(
+            CacheEntry(uid, str(conversation), message_id, received) for uid in recipients
+        )
+        channels = [keys.group_channel(group.id)]
+    state.cache.append(
+        entries, score=int(sent.timestamp() * 1000), publish=[(c, event) for c in channels]
+    )
+    METRICS.sends.inc()
+    METRICS.send_latency.observe(time.perf_counter() - started)
     return message, recipients

@@ -1,19 +1,127 @@
-"""Who is online.
+"""Who is online: per-connection heartbeats with a TTL in Redis.
 
-Until the real-time work lands, every user counts as online: the legacy app updated the
-caches of a group's *online* members, and treating everyone as online is the safe
-reading (nobody misses a message). This is the one place that decision is made.
+Each live websocket has a member in ``{u:<id>}:conns`` scored by when it expires; its
+instance refreshes it every third of ``CHAT_PRESENCE_TTL``. A user is online while any
+of their connections has not expired, on any instance. ``online`` (a sorted set of user
+ids scored by their latest expiry) is the list to page and the place where offline is
+decided: whoever removes a user from it — a disconnect, or any instance's reaper after
+a process died — publishes the offline event, exactly once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
+
+import redis
+
+from .keys import Keys
+
+#: Remove a connection and report how many of the user's connections are still alive.
+#: KEYS: [conns zset]; ARGV: [connection id, now]. Guarantee: expired members are
+#: pruned in the same step, so a dead instance's connections never count as alive.
+_DISCONNECT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+#: Take a user off the online list if their entry has expired and nobody renewed it.
+#: KEYS: [online zset]; ARGV: [user id, now]. Returns 1 for the one caller that removed.
+_REAP = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
 
 
-def online_user_ids(candidates: Iterable[int]) -> list[int]:
-    """The subset of ``candidates`` who are online, in the given order."""
-    return list(candidates)
+class Presence:
+    def __init__(self, client: redis.Redis, keys: Keys, ttl: float) -> None:
+        self.client = client
+        self.keys = keys
+        self.ttl = ttl
+        self._disconnect = client.register_script(_DISCONNECT)
+        self._reap = client.register_script(_REAP)
 
+    def connect(self, user_id: int, connection_id: str) -> bool:
+        """Register a live connection; True if this made the user online."""
+        expires = time.time() + self.ttl
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.keys.connections(user_id), {connection_id: expires})
+        pipe.expire(self.keys.connections(user_id), int(self.ttl * 2) + 1)
+        pipe.zadd(self.keys.online(), {str(user_id): expires}, gt=True, ch=False)
+        return bool(pipe.execute()[2])
 
-def is_online(user_id: int) -> bool:
-    return True
+    def heartbeat(self, connections: Sequence[tuple[int, str]]) -> list[int]:
+        """Renew these connections; returns users who (re)appeared on the online list."""
+        if not connections:
+            return []
+        expires = time.time() + self.ttl
+        pipe = self.client.pipeline(transaction=False)
+        users: dict[int, None] = {}
+        for user_id, connection_id in connections:
+            pipe.zadd(self.keys.connections(user_id), {connection_id: expires})
+            pipe.expire(self.keys.connections(user_id), int(self.ttl * 2) + 1)
+            users[user_id] = None
+        for user_id in users:
+            pipe.zadd(self.keys.online(), {str(user_id): expires}, gt=True)
+        results = pipe.execute()[2 * len(connections) :]
+        return [uid for uid, added in zip(users, results, strict=True) if added]
+
+    def disconnect(self, user_id: int, connection_id: str) -> bool:
+        """Drop a connection; True if this made the user offline."""
+        now = time.time()
+        alive = self._disconnect(keys=[self.keys.connections(user_id)], args=[connection_id, now])
+        if int(alive):
+            return False
+        # Nobody else holds a live connection: expire the online entry now.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.keys.online(), {str(user_id): now}, xx=True)
+        self._reap(keys=[self.keys.online()], args=[user_id, now], client=pipe)
+        return bool(pipe.execute()[1])
+
+    def reap(self, batch: int = 500) -> list[int]:
+        """Users whose every connection expired (their instance died): take them off the
+        online list. Returns those this call removed, so each is announced once."""
+        now = time.time()
+        expired = [
+            int(str(uid))
+            for uid in self.client.zrangebyscore(
+                self.keys.online(), "-inf", now, start=0, num=batch
+            )
+        ]
+        if not expired:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for uid in expired:
+            pipe.zcount(self.keys.connections(uid), now, "+inf")
+        alive = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        candidates = [uid for uid, n in zip(expired, alive, strict=True) if not n]
+        for uid in candidates:
+            self._reap(keys=[self.keys.online()], args=[uid, now], client=pipe)
+        return [uid for uid, removed in zip(candidates, pipe.execute(), strict=True) if removed]
+
+    def is_online(self, user_id: int) -> bool:
+        score = self.client.zscore(self.keys.online(), str(user_id))
+        return score is not None and score > time.time()
+
+    def online_ids(self, candidates: Iterable[int]) -> list[int]:
+        """The subset of ``candidates`` who are online, in the given order."""
+        ids = list(candidates)
+        if not ids:
+            return []
+        now = time.time()
+        scores = self.client.zmscore(self.keys.online(), [str(i) for i in ids])
+        return [i for i, s in zip(ids, scores, strict=True) if s is not None and s > now]
+
+    def online_page(self, offset: int, limit: int) -> tuple[list[int], int]:
+        """A page of everyone online, and how many are online in all."""
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrangebyscore(self.keys.online(), f"({now}", "+inf", start=offset, num=limit)
+        pipe.zcount(self.keys.online(), f"({now}", "+inf")
+        ids, total = pipe.execute()
+        return [int(i) for i in ids], int(total)

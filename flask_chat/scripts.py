@@ -38,11 +38,13 @@ return {ms, seq}
 """
 
 #: Append one message to one user's conversation.
-#: KEYS: [convs zset, index zset, bodies hash]
-#: ARGV: [conversation key, message id, message json, history limit, conversation score]
+#: KEYS: [convs zset, index zset, bodies hash, floor string]
+#: ARGV: [conversation key, message id, message json, history limit, conversation score,
+#:        floor ttl seconds]
 #: Returns the number of messages trimmed off the window, or -1 if the id was already
 #: there. Guarantee: the id is stored at most once (a retried send is a no-op); the
-#: index and the bodies never disagree; the window keeps the newest ``limit`` ids.
+#: index and the bodies never disagree; the window keeps the newest ``limit`` ids, and
+#: the floor remembers the highest id trimmed (catch-up from below it is incomplete).
 APPEND = """
 if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then
   return -1
@@ -54,30 +56,67 @@ local n = redis.call('ZCARD', KEYS[2])
 local trimmed = 0
 if limit > 0 and n > limit then
   local popped = redis.call('ZPOPMIN', KEYS[2], n - limit)
+  local highest = ''
   for i = 1, #popped, 2 do
     redis.call('HDEL', KEYS[3], popped[i])
+    if popped[i] > highest then highest = popped[i] end
     trimmed = trimmed + 1
   end
+  local floor = redis.call('GET', KEYS[4])
+  if not floor or highest > floor then redis.call('SET', KEYS[4], highest, 'EX', ARGV[6]) end
 end
 return trimmed
 """
 
 #: Remove the given message ids from one user's conversation; drop the conversation
-#: when it is left empty. KEYS: [convs zset, index zset, bodies hash]
-#: ARGV: [conversation key, id, id, ...]. Returns how many ids were removed.
+#: when it is left empty; raise the floor to the highest id removed.
+#: KEYS: [convs zset, index zset, bodies hash, floor string]
+#: ARGV: [conversation key, floor ttl seconds, id, id, ...]. Returns how many ids were
+#: removed.
 #: Guarantee: only the named ids go, so a message that arrived after the caller read
 #: the cache survives the removal.
 REMOVE = """
 local removed = 0
-for i = 2, #ARGV do
-  removed = removed + redis.call('ZREM', KEYS[2], ARGV[i])
+local highest = ''
+for i = 3, #ARGV do
+  if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
+    removed = removed + 1
+    if ARGV[i] > highest then highest = ARGV[i] end
+  end
   redis.call('HDEL', KEYS[3], ARGV[i])
+end
+if removed > 0 then
+  local floor = redis.call('GET', KEYS[4])
+  if not floor or highest > floor then redis.call('SET', KEYS[4], highest, 'EX', ARGV[2]) end
 end
 if redis.call('ZCARD', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
 return removed
+"""
+
+
+#: Token-bucket rate limit for one user. KEYS: [rate hash]; ARGV: [rate per second,
+#: burst]. Returns 1 when the action may go ahead (and spends a token), else 0.
+#: Guarantee: one clock (the server's) and one atomic step, whichever instance asks.
+RATE_LIMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or burst
+local last = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + (now - last) * rate / 1000)
+local allowed = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return allowed
 """
 
 
@@ -88,6 +127,7 @@ class Scripts:
     next_id: Script
     append: Script
     remove: Script
+    rate_limit: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
@@ -95,4 +135,5 @@ class Scripts:
             next_id=client.register_script(NEXT_ID),
             append=client.register_script(APPEND),
             remove=client.register_script(REMOVE),
+            rate_limit=client.register_script(RATE_LIMIT),
         )

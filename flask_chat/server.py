@@ -10,10 +10,13 @@ refuses to start when it has not, rather than hang later on a blocking socket.
 
 from __future__ import annotations
 
+import logging
+import signal
 import socket
 from typing import Any
 
-from gevent.pywsgi import WSGIServer
+import gevent
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from .errors import ConfigurationError
 
@@ -30,13 +33,34 @@ def check_gevent_patched() -> None:
         )
 
 
+class ChatWSGIHandler(WSGIHandler):  # type: ignore[misc]
+    """Lets a websocket take its connection over and end the request greenlet.
+
+    ``environ["flask_chat.detach"]()`` makes pywsgi forget the socket: it neither reads
+    from it for another request nor closes it, so the websocket lives on without a
+    greenlet parked on it (the websocket holds its own duplicate of the descriptor).
+    """
+
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        environ["flask_chat.detach"] = self._detach
+        return environ
+
+    def _detach(self) -> None:
+        self.close_connection = True
+        self.socket = None
+
+
 class ChatWSGIServer(WSGIServer):  # type: ignore[misc]
-    """gevent's WSGI server with Nagle's algorithm off on every connection.
+    """gevent's WSGI server with Nagle's algorithm off on every connection, and
+    websockets that outlive their request greenlet.
 
     pywsgi writes a response's headers and body in separate sends; with Nagle on, the
     second waits for the client's delayed ACK (~40 ms on Linux) on every keep-alive
     request.
     """
+
+    handler_class = ChatWSGIHandler
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -50,3 +74,38 @@ def make_server(
     """A ready-to-run gevent server for ``app``; checks that gevent patched the socket."""
     check_gevent_patched()
     return ChatWSGIServer((host, port), app, **kwargs)
+
+
+log = logging.getLogger("flask_chat.server")
+
+
+def drain(app: Any, timeout: float = 10.0) -> None:
+    """Tell this instance's websocket clients to reconnect elsewhere and close them."""
+    chat = app.extensions.get("chat")
+    if chat is None:
+        return
+    with app.app_context():
+        hub = chat.state.hub
+    if hub is not None:
+        hub.drain(timeout)
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 5000, **kwargs: Any) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, then shut down without losing anything:
+    stop accepting, tell every websocket client to reconnect elsewhere (they catch up
+    there), finish requests in flight, exit. What a rolling deploy needs."""
+    server = make_server(app, host, port, **kwargs)
+    stopping = gevent.event.Event()
+
+    def shutdown() -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.warning("flask-chat: shutting down: draining connections")
+        server.close()  # stop accepting; the load balancer's next check fails over
+        drain(app)
+        server.stop(timeout=5)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, lambda: gevent.spawn(shutdown))
+    server.serve_forever()

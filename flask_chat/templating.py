@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from flask import current_app, url_for
@@ -10,6 +11,8 @@ from markupsafe import Markup, escape
 
 from . import csrf
 from .conversations import ConversationKey
+from .ids import format_id
+from .websocket import make_token
 
 if TYPE_CHECKING:
     from .extension import Chat
@@ -44,6 +47,10 @@ def bootstrap_data(chat: Chat, user_id: int) -> dict[str, Any]:
         if info is not None:
             people[str(uid)] = info.to_dict()
     prefix = state.config.url_prefix
+    # Where catch-up starts after the page loads: the newest message the page shows, or
+    # a few seconds back when it shows none (the client ignores duplicates).
+    newest = [m["id"] for conv in history.values() for m in conv["messages"][-1:]]
+    position = max(newest) if newest else format_id(int(time.time() * 1000) - 5000, 0)
     return {
         "user": me.to_dict() if me else {"id": user_id, "name": str(user_id), "image": None},
         "history": history,
@@ -51,15 +58,20 @@ def bootstrap_data(chat: Chat, user_id: int) -> dict[str, Any]:
         "people": people,
         "groups": groups,
         "csrf_token": csrf.get_token(),
+        "ws_token": make_token(user_id),
+        "position": position,
         "urls": {
             "send_message": f"{prefix}/send_message",
             "history": f"{prefix}/history",
             "windows": f"{prefix}/windows",
             "conversations": f"{prefix}/conversations/",
+            "online_users": f"{prefix}/online_users",
+            "websocket": f"{prefix}/ws",
         },
         "settings": {
             "max_message_length": state.config.max_message_length,
             "page_size": state.config.page_size,
+            "ping_interval": state.config.ping_interval,
         },
     }
 

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import csrf
+from . import csrf, delivery
 from .conversations import ConversationKey
 from .errors import ChatError, Forbidden, NotAuthenticated, NotFound, ValidationError
 from .extension import Chat
@@ -40,9 +40,13 @@ def _chat() -> Chat:
     return chat
 
 
+#: Routes that answer without a logged-in user.
+_PUBLIC = ("chat.static", "chat.health", "chat.websocket")
+
+
 @blueprint.before_request
 def _authenticate() -> None:
-    if request.endpoint == "chat.static":
+    if request.endpoint in _PUBLIC:
         return
     state = _chat().state
     request.max_content_length = state.config.max_request_bytes
@@ -147,7 +151,14 @@ def conversation(key: str) -> Response:
         raise ValidationError(
             "'before' must be a message id.", code="invalid_parameter", field="before"
         )
-    messages = _chat().state.cache.page(g.chat_user_id, str(conv), before, limit)
+    cache = _chat().state.cache
+    messages = cache.page(g.chat_user_id, str(conv), before, limit)
+    if conv.is_group:
+        # Members who were offline missed some group messages in their own cache; the
+        # group's shared store has the recent ones.
+        merged = {m["id"]: m for m in cache.group_page(g.chat_user_id, conv.id, before, limit)}
+        merged.update((m["id"], m) for m in messages)
+        messages = [merged[i] for i in sorted(merged, reverse=True)[:limit]]
     return json_response(
         {
             "conversation": str(conv),
@@ -169,6 +180,57 @@ def set_window() -> Response:
     conv = ConversationKey.parse(_require(body, "conversation"), field="conversation")
     state = parse_state(_require(body, "state"))
     check_can_open(g.chat_user_id, conv)
-    store = _chat().state.windows
-    store.set(g.chat_user_id, str(conv), state)
-    return json_response({"windows": store.get(g.chat_user_id)})
+    chat_state = _chat().state
+    chat_state.windows.set(g.chat_user_id, str(conv), state)
+    delivery.window(chat_state, g.chat_user_id, str(conv), state)
+    return json_response({"windows": chat_state.windows.get(g.chat_user_id)})
+
+
+@blueprint.get("/online_users")
+def online_users() -> Response:
+    """The online users the current user can see (shares a group or a conversation)."""
+    chat = _chat()
+    from .websocket import _online_snapshot
+
+    page_size = chat.state.config.page_size
+    limit = _int_arg("limit", page_size, page_size * 4)
+    offset = request.args.get("offset", "0")
+    if not offset.isdigit():
+        raise ValidationError(
+            "'offset' must be a whole number.", code="invalid_parameter", field="offset"
+        )
+    ids = sorted(_online_snapshot(chat, chat.state, g.chat_user_id))
+    start = int(offset)
+    users = []
+    for uid in ids[start : start + limit]:
+        info = chat.get_user(uid)
+        if info is not None:
+            users.append(info.to_dict())
+    return json_response({"users": users, "total": len(ids), "offset": start, "limit": limit})
+
+
+@blueprint.get("/health")
+def health() -> Response:
+    """For load balancer checks: 200 while this instance takes connections, else 503."""
+    state = _chat().state
+    hub = state.hub
+    try:
+        redis_ok = bool(state.redis.ping())
+    except Exception:  # any failure to reach Redis means "unhealthy", which we report
+        redis_ok = False
+    draining = bool(hub and hub.draining)
+    body = {
+        "status": "ok" if redis_ok and not draining else "unavailable",
+        "redis": redis_ok,
+        "draining": draining,
+        "connections": len(hub.connections) if hub else 0,
+        "subscriber_connected": bool(hub and hub.subscriber.connected),
+    }
+    return json_response(body, 200 if body["status"] == "ok" else 503)
+
+
+def metrics_view() -> Response:
+    from .metrics import render
+
+    data, content_type = render()
+    return current_app.response_class(data, mimetype=content_type.split(";")[0])

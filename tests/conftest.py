@@ -64,7 +64,7 @@ GROUPS = {
 def make_chat_app(redis_url: str, **config: Any) -> Flask:
     """A small host app: the session's ``uid`` is the current user."""
     app = Flask(__name__)
-    app.config.update(SECRET_KEY="test", TESTING=True, CHAT_REDIS_URL=redis_url)
+    app.config.update(SECRET_KEY="test", TESTING=True, CHAT_REDIS_URL=redis_url, CHAT_SEND_RATE=0)
     app.config.update(config)
     chat = Chat()
 
@@ -135,6 +135,14 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def runner(app: Flask) -> Any:
     return app.test_cli_runner()
+
+
+def make_online(app: Flask, *user_ids: int) -> None:
+    """Mark users online as a live websocket would (real presence entries in Redis)."""
+    with app.app_context():
+        presence = app.extensions["chat"].state.presence
+        for uid in user_ids:
+            presence.connect(uid, f"test-{uid}")
 
 
 def login(client: FlaskClient, user_id: int) -> str:

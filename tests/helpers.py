@@ -45,3 +45,227 @@ def dump(client: redis.Redis) -> dict[bytes | str, object]:
             value = kind
         state[key] = (kind, value)
     return state
+
+
+# -- real servers and real websocket clients ---------------------------------------------
+
+import http.client  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+import websocket  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+class DemoServer:
+    """``examples/serve.py`` (the demo app on gevent) in a child process."""
+
+    def __init__(self, redis_url: str, port: int | None = None, **settings: Any) -> None:
+        self.port = port or free_port()
+        self.env = dict(
+            os.environ, CHAT_REDIS_URL=redis_url, PORT=str(self.port), QUIET="1", CHAT_SEND_RATE="0"
+        )
+        for name, value in settings.items():
+            self.env[name] = value if isinstance(value, str) else json.dumps(value)
+        self.proc: subprocess.Popen[str] | None = None
+        self.output = ""
+
+    def start(self) -> DemoServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "examples", "serve.py")],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wait_for(
+            lambda: port_open(self.port) or self.proc.poll() is not None,
+            timeout=30,
+            what=f"the demo server on port {self.port}",
+        )
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited: {self.proc.communicate()[0]}")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """kill -9: no cleanup at all, as when a machine dies."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.output += self.proc.communicate(timeout=20)[0]
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        self.output += self.proc.communicate(timeout=timeout)[0]
+        return self.proc.returncode
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.output += self.proc.communicate(timeout=20)[0]
+
+
+def login_cookie(port: int, name: str, host: str = "127.0.0.1") -> str:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request(
+        "POST",
+        "/login",
+        body=f"username={name}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 302, resp.status
+    return resp.getheader("Set-Cookie", "").split(";", 1)[0]
+
+
+def http_json(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    cookie: str = "",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    all_headers = {"Cookie": cookie, **(headers or {})}
+    data = None
+    if body is not None:
+        data = json.dumps(body)
+        all_headers["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=all_headers)
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    try:
+        return resp.status, json.loads(text)
+    except ValueError:
+        return resp.status, text
+
+
+def bootstrap(port: int, cookie: str) -> dict[str, Any]:
+    """The page's bootstrap data; ``_cookie`` is the session cookie after the page
+    (rendering it stores the CSRF token in the session)."""
+    import re
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/", headers={"Cookie": cookie})
+    resp = conn.getresponse()
+    page = resp.read().decode()
+    new_cookie = resp.getheader("Set-Cookie")
+    conn.close()
+    match = re.search(r'id="flask-chat-bootstrap">(.*?)</script>', page, re.S)
+    assert match, page
+    data: dict[str, Any] = json.loads(match.group(1))
+    data["_cookie"] = new_cookie.split(";", 1)[0] if new_cookie else cookie
+    return data
+
+
+def csrf_session(port: int, name: str) -> tuple[str, dict[str, str]]:
+    """Log in; returns the session cookie and the CSRF header for POSTs."""
+    data = bootstrap(port, login_cookie(port, name))
+    return data["_cookie"], {"X-CSRF-Token": data["csrf_token"]}
+
+
+class Client:
+    """A real websocket client that keeps every frame it received."""
+
+    def __init__(
+        self,
+        port: int,
+        cookie: str = "",
+        query: str = "",
+        headers: list[str] | None = None,
+        host: str = "127.0.0.1",
+        sockopt: tuple[tuple[int, int, int], ...] = (),
+    ) -> None:
+        self.ws = websocket.create_connection(
+            f"ws://{host}:{port}/chats/ws{query}",
+            cookie=cookie or None,
+            timeout=10,
+            header=headers or [],
+            sockopt=sockopt,
+        )
+        self.frames: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.ws.send(json.dumps(frame))
+
+    def _recv_one(self, timeout: float) -> bool:
+        self.ws.settimeout(timeout)
+        try:
+            text = self.ws.recv()
+        except websocket.WebSocketTimeoutException:
+            return False
+        if not text:
+            raise ConnectionError("closed")
+        self.raw.append(text)
+        self.frames.append(json.loads(text))
+        return True
+
+    def wait(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 10,
+        what: str = "a frame",
+    ) -> dict[str, Any]:
+        """The first frame (already received or arriving) that matches."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for frame in self.frames[seen:]:
+                if predicate(frame):
+                    return frame
+            seen = len(self.frames)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {what}; got {self.frames}")
+            self._recv_one(min(left, 0.5))
+
+    def wait_type(self, kind: str, timeout: float = 10, **fields: Any) -> dict[str, Any]:
+        return self.wait(
+            lambda f: f.get("type") == kind and all(f.get(k) == v for k, v in fields.items()),
+            timeout,
+            what=f"{kind} {fields}",
+        )
+
+    def drain(self, quiet: float = 0.3) -> None:
+        while self._recv_one(quiet):
+            pass
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f.get("type") == kind]
+
+    def close(self) -> None:
+        try:
+            self.ws.close(timeout=1)
+        except Exception:  # the server may have closed first; shutdown() below frees it
+            pass
+        finally:
+            self.ws.shutdown()

@@ -34,6 +34,9 @@ def test_users_and_group_match_the_seed_keys(demo: Flask) -> None:
     b = login(bob, "bob")
     assert a["user"]["id"] == 1 and b["user"]["id"] == 2
     assert a["groups"]["5"]["name"] == "team"
+    from conftest import make_online
+
+    make_online(demo, 2)  # bob is online, so the group message reaches his cache
     headers = {"X-CSRF-Token": a["csrf_token"]}
     assert (
         alice.post(

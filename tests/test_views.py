@@ -94,7 +94,10 @@ def test_one_to_one_round_trip_matches_the_seed_layout(as_user: Login) -> None:
     assert as_user(3).get("/chats/history").json == {}
 
 
-def test_group_round_trip_reaches_every_member(as_user: Login) -> None:
+def test_group_round_trip_reaches_every_online_member(as_user: Login, app: Flask) -> None:
+    from conftest import make_online
+
+    make_online(app, 1, 2, 3)
     alice, bob, carol = as_user(1), as_user(2), as_user(3)
     sent = send(alice, "5_Group", "hello team").json
     assert sent["conversation"] == "5_Group"
@@ -125,12 +128,32 @@ def test_form_posts_work_and_carry_the_token_as_a_field(app: Flask) -> None:
     assert resp.json["message_text"] == "by form"
 
 
+def test_offline_members_get_no_cache_entry_but_see_the_group_on_opening(
+    as_user: Login, app: Flask
+) -> None:
+    from conftest import make_online
+
+    make_online(app, 2)  # bob online, carol offline
+    alice, bob, carol = as_user(1), as_user(2), as_user(3)
+    sent = send(alice, "5_Group", "while carol was away").json
+    assert list(bob.get("/chats/history").json) == ["5_Group"]
+    assert carol.get("/chats/history").json == {}
+    opened = carol.get("/chats/conversations/5_Group").json
+    assert [m["id"] for m in opened["messages"]] == [sent["id"]]
+    assert opened["messages"][0]["type"] == "received"
+    mine = alice.get("/chats/conversations/5_Group").json["messages"]
+    assert [(m["id"], m["type"]) for m in mine] == [(sent["id"], "sent")]
+
+
 def test_message_sent_signal(app: Flask, as_user: Login) -> None:
     seen: list[tuple[Any, list[int]]] = []
 
     def receiver(sender: Flask, message: Any, recipients: list[int]) -> None:
         seen.append((message, recipients))
 
+    from conftest import make_online
+
+    make_online(app, 2, 3)
     with message_sent.connected_to(receiver, app):
         send(as_user(1), "5_Group", "signal me")
     assert len(seen) == 1

@@ -1,0 +1,69 @@
+"""Publishing the events that are not messages: presence, typing, read marks, window
+state, group membership. (Messages are published by :mod:`flask_chat.messaging`, in the
+same round trip as their cache writes.)
+
+Every event goes to the fewest channels that reach its audience: a group's channel
+reaches all its online members with one PUBLISH, never one per member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from . import protocol
+from .conversations import ConversationKey
+
+if TYPE_CHECKING:
+    from .extension import Chat, ChatState
+
+
+def publish(state: ChatState, channels: Iterable[str], payload: bytes) -> None:
+    pipe = state.redis.pipeline(transaction=False)
+    for channel in dict.fromkeys(channels):
+        pipe.publish(channel, payload)
+    pipe.execute()
+
+
+def conversation_channels(state: ChatState, user_id: int, to: ConversationKey) -> list[str]:
+    """The channels that reach both sides of a conversation (and the user's other tabs)."""
+    if to.is_group:
+        return [state.keys.group_channel(to.id)]
+    return [state.keys.user_channel(to.id), state.keys.user_channel(user_id)]
+
+
+def presence(chat: Chat, state: ChatState, user_id: int, online: bool) -> None:
+    """Announce that ``user_id`` came online or went offline to those who can see them."""
+    users, groups = chat.presence_audience(user_id)
+    channels = [state.keys.group_channel(g) for g in groups]
+    channels += [state.keys.user_channel(u) for u in users if u != user_id]
+    if channels:
+        publish(state, channels, protocol.presence(user_id, online))
+
+
+def typing(state: ChatState, user_id: int, to: ConversationKey) -> None:
+    channels = conversation_channels(state, user_id, to)
+    publish(state, channels, protocol.typing(user_id, str(to)))
+
+
+def read_mark(state: ChatState, user_id: int, to: ConversationKey, message_id: str) -> None:
+    state.redis.hset(state.keys.reads(user_id), str(to), message_id)
+    channels = conversation_channels(state, user_id, to)
+    publish(state, channels, protocol.read_mark(user_id, str(to), message_id))
+
+
+def window(state: ChatState, user_id: int, conversation: str, window_state: str) -> None:
+    """Keep a user's tabs in sync when one of them opens, minimises or hides a window."""
+    publish(state, [state.keys.user_channel(user_id)], protocol.window(conversation, window_state))
+
+
+def membership(
+    state: ChatState, group_id: int, added: Iterable[int], removed: Iterable[int]
+) -> None:
+    """Tell each affected user's connections to join or leave the group's channel."""
+    pipe = state.redis.pipeline(transaction=False)
+    for uid in added:
+        pipe.publish(state.keys.user_channel(uid), protocol.membership(group_id, True))
+    for uid in removed:
+        pipe.publish(state.keys.user_channel(uid), protocol.membership(group_id, False))
+    pipe.execute()

@@ -1,0 +1,183 @@
+"""The per-process hub: one Redis subscriber, fanning events out to local websockets.
+
+Local connections join channels (a user's own channel, their groups' channels); the
+first local member of a channel subscribes Redis, the last one out unsubscribes. An
+event arrives once from Redis, is framed once, and the same bytes are written to every
+local socket on that channel. The hub also runs the process's periodic work: pings and
+dead-peer detection, presence heartbeats and the reaper that notices dead instances.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import gevent
+
+from . import protocol
+from .connection import PING_FRAME, Connection
+from .metrics import METRICS
+from .pubsub import Subscriber
+
+if TYPE_CHECKING:
+    from .extension import ChatState
+
+log = logging.getLogger("flask_chat.hub")
+
+_MEMBERSHIP_PREFIX = b'{"type":"membership"'
+
+
+class Hub:
+    def __init__(
+        self,
+        state: ChatState,
+        on_presence_change: Callable[[int, bool], None],
+    ) -> None:
+        self.state = state
+        self.keys = state.keys
+        self.on_presence_change = on_presence_change
+        self.subscriber = Subscriber(
+            state.config.redis_url, self.dispatch, on_reconnect=self._on_reconnect
+        )
+        self.channels: dict[bytes, set[Connection]] = {}
+        self.connections: dict[str, Connection] = {}
+        self.by_user: dict[int, set[Connection]] = {}
+        self.draining = False
+        self._greenlets: list[gevent.Greenlet] = []
+
+    def start(self) -> None:
+        self._greenlets = [
+            gevent.spawn(self.subscriber.run),
+            gevent.spawn(self._every, self.state.config.ping_interval, self._ping),
+            gevent.spawn(self._every, self.state.config.presence_ttl / 3, self._heartbeat),
+        ]
+
+    def _every(self, interval: float, task: Callable[[], None]) -> None:
+        while True:
+            gevent.sleep(interval)
+            try:
+                task()
+            except Exception:
+                log.exception("flask-chat: periodic task %s failed", task.__name__)
+
+    # -- channels --------------------------------------------------------------------
+
+    def user_channel(self, user_id: int) -> bytes:
+        return self.keys.user_channel(user_id).encode()
+
+    def group_channel(self, group_id: int) -> bytes:
+        return self.keys.group_channel(group_id).encode()
+
+    def join(self, conn: Connection, channels: Iterable[bytes]) -> None:
+        new: list[bytes] = []
+        for channel in channels:
+            members = self.channels.get(channel)
+            if members is None:
+                members = self.channels[channel] = set()
+                new.append(channel)
+            members.add(conn)
+            conn.channels.add(channel)
+        if new:
+            self.subscriber.subscribe(new)
+
+    def leave(self, conn: Connection, channels: Iterable[bytes]) -> None:
+        gone: list[bytes] = []
+        for channel in list(channels):
+            members = self.channels.get(channel)
+            conn.channels.discard(channel)
+            if members is None:
+                continue
+            members.discard(conn)
+            if not members:
+                del self.channels[channel]
+                gone.append(channel)
+        if gone:
+            self.subscriber.unsubscribe(gone)
+
+    # -- connections -----------------------------------------------------------------
+
+    def add(self, conn: Connection, channels: Iterable[bytes]) -> None:
+        self.connections[conn.id] = conn
+        self.by_user.setdefault(conn.user_id, set()).add(conn)
+        self.join(conn, channels)
+        METRICS.connections.inc()
+        METRICS.connects.inc()
+
+    def remove(self, conn: Connection) -> None:
+        if self.connections.pop(conn.id, None) is None:
+            return
+        mine = self.by_user.get(conn.user_id)
+        if mine is not None:
+            mine.discard(conn)
+            if not mine:
+                del self.by_user[conn.user_id]
+        self.leave(conn, list(conn.channels))
+        METRICS.connections.dec()
+
+    # -- delivery ----------------------------------------------------------------------
+
+    def dispatch(self, channel: bytes, payload: bytes) -> None:
+        """Deliver one pub/sub event: frame once, write the same bytes to every socket."""
+        METRICS.events.inc()
+        members = self.channels.get(channel)
+        if not members:
+            return
+        if payload.startswith(_MEMBERSHIP_PREFIX):
+            self._membership(channel, payload)
+        frame = protocol.ws_frame(payload)
+        for conn in tuple(members):
+            conn.write(frame)
+        METRICS.deliveries.inc(len(members))
+
+    def _membership(self, channel: bytes, payload: bytes) -> None:
+        import json
+
+        event = json.loads(payload)
+        group = self.group_channel(int(event["group_id"]))
+        for conn in tuple(self.channels.get(channel, ())):
+            if event["member"]:
+                self.join(conn, [group])
+            else:
+                self.leave(conn, [group])
+
+    def _on_reconnect(self) -> None:
+        METRICS.hub_reconnects.inc()
+
+    # -- periodic work ---------------------------------------------------------------
+
+    def _ping(self) -> None:
+        # A peer that has sent nothing (not even a pong) for 2.5 intervals is dead.
+        cutoff = time.monotonic() - 2.5 * self.state.config.ping_interval
+        for conn in tuple(self.connections.values()):
+            if conn.last_seen < cutoff:
+                conn.abort()
+            else:
+                conn.write(PING_FRAME)
+
+    def _heartbeat(self) -> None:
+        presence = self.state.presence
+        back = presence.heartbeat([(c.user_id, c.id) for c in self.connections.values()])
+        for user_id in back:
+            self.on_presence_change(user_id, True)
+        for user_id in presence.reap():
+            self.on_presence_change(user_id, False)
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Tell every client to reconnect elsewhere, close them, and stop (SIGTERM)."""
+        self.draining = True
+        frame = protocol.ws_frame(protocol.reconnect())
+        for conn in tuple(self.connections.values()):
+            conn.write(frame)
+            conn.close(protocol.CLOSE_SERVICE_RESTART, "server restarting")
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        for conn in tuple(self.connections.values()):
+            conn.abort()
+        for greenlet in self._greenlets:
+            greenlet.kill(block=False)
+        self.subscriber.stop()

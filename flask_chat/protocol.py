@@ -1,0 +1,198 @@
+"""The websocket wire format: every frame flask-chat sends or accepts, in one module.
+
+Frames are JSON text messages; ``docs/protocol.md`` is their reference. A message frame
+is side-neutral (``sender_id`` and ``to`` as the sender addressed it), so the same bytes
+go to every recipient and every tab, live or in catch-up.
+
+This module also builds the websocket framing itself (RFC 6455), because a fan-out
+frames an event once and writes the same bytes to every socket.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import TYPE_CHECKING, Any
+
+from .errors import ChatError, ValidationError
+
+if TYPE_CHECKING:
+    from .messaging import Message
+
+# Opcodes (RFC 6455 section 5.2).
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+# Close codes (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED = 1003
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+
+#: Frame types a client may send.
+CLIENT_TYPES = ("send", "typing", "read", "catchup", "window", "ping")
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
+    """One unmasked, unfragmented server frame."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return header + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    return ws_frame(struct.pack("!H", code) + reason.encode()[:123], OP_CLOSE)
+
+
+# -- server -> client ------------------------------------------------------------------
+
+
+def message_event(message: Message) -> bytes:
+    return message_event_from(
+        message.id,
+        message.sender_id,
+        str(message.conversation),
+        message.message_text,
+        message.image,
+        message.sent_at,
+    )
+
+
+def message_event_from(
+    message_id: str,
+    sender_id: int,
+    to: str,
+    message_text: str,
+    image: str | None,
+    sent_at: str,
+) -> bytes:
+    return dumps(
+        {
+            "type": "message",
+            "id": message_id,
+            "sender_id": sender_id,
+            "to": to,
+            "message_text": message_text,
+            "image": image,
+            "sent_at": sent_at,
+        }
+    )
+
+
+def message_event_from_cache(owner_id: int, conversation: str, entry: dict[str, Any]) -> bytes:
+    """Rebuild the message frame from a cache entry: the same bytes as the live frame."""
+    if conversation.endswith("_Group") or entry["type"] == "sent":
+        to = conversation
+    else:
+        to = f"{owner_id}_User"
+    return message_event_from(
+        entry["id"],
+        entry["sender_id"],
+        to,
+        entry["message_text"],
+        entry["image"],
+        entry["sent_at"],
+    )
+
+
+def hello(user_id: int, connection_id: str, ping_interval: float) -> bytes:
+    return dumps(
+        {
+            "type": "hello",
+            "user_id": user_id,
+            "connection_id": connection_id,
+            "ping_interval": ping_interval,
+        }
+    )
+
+
+def error(err: ChatError, ref: Any = None) -> bytes:
+    body: dict[str, Any] = {"type": "error", **err.to_dict()}
+    if ref is not None:
+        body["ref"] = ref
+    return dumps(body)
+
+
+def ack(ref: Any, message: Message) -> bytes:
+    return dumps({"type": "ack", "ref": ref, "message": message.for_sender()})
+
+
+def catchup_done(recovered: bool, count: int) -> bytes:
+    return dumps({"type": "catchup", "recovered": recovered, "count": count})
+
+
+def presence(user_id: int, online: bool) -> bytes:
+    return dumps({"type": "presence", "user_id": user_id, "online": online})
+
+
+def online_snapshot(user_ids: list[int]) -> bytes:
+    return dumps({"type": "online", "users": user_ids})
+
+
+def typing(user_id: int, to: str) -> bytes:
+    return dumps({"type": "typing", "user_id": user_id, "to": to})
+
+
+def read_mark(user_id: int, to: str, message_id: str) -> bytes:
+    return dumps({"type": "read", "user_id": user_id, "to": to, "id": message_id})
+
+
+def window(conversation: str, state: str) -> bytes:
+    return dumps({"type": "window", "conversation": conversation, "state": state})
+
+
+def membership(group_id: int, member: bool) -> bytes:
+    return dumps({"type": "membership", "group_id": group_id, "member": member})
+
+
+def reconnect() -> bytes:
+    return dumps({"type": "reconnect"})
+
+
+PONG = dumps({"type": "pong"})
+
+
+# -- client -> server ------------------------------------------------------------------
+
+
+def parse_client_frame(text: str) -> dict[str, Any]:
+    """Decode and check the envelope of a client frame; fields are checked by handlers."""
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        raise ValidationError("The frame is not valid JSON.", code="invalid_json") from None
+    if not isinstance(frame, dict):
+        raise ValidationError("A frame must be a JSON object.", code="invalid_frame")
+    kind = frame.get("type")
+    if kind not in CLIENT_TYPES:
+        raise ValidationError(
+            f"Unknown frame type; expected one of {', '.join(CLIENT_TYPES)}.",
+            code="unknown_type",
+            field="type",
+        )
+    ref = frame.get("ref")
+    if ref is not None and not (isinstance(ref, (str, int)) and len(str(ref)) <= 64):
+        raise ValidationError(
+            "'ref' must be a string or number of at most 64 characters.",
+            code="invalid_field",
+            field="ref",
+        )
+    return frame

@@ -1,0 +1,275 @@
+"""The websocket endpoint, ``/chats/ws``, and what each client frame does.
+
+The route is a Werkzeug websocket rule on flask-chat's blueprint, as flask-sock
+registers its routes, and the handshake is simple-websocket's (flask-sock's engine).
+After the handshake flask-chat takes the socket over with its own lean connection loop
+(:mod:`flask_chat.connection`): no greenlet and no thread per idle connection, writes
+that never block, one framing per event however many sockets receive it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import gevent
+from flask import Flask, Response, current_app, request
+from gevent.event import Event
+from gevent.monkey import get_original
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from . import catchup, delivery, protocol
+from .connection import Connection
+from .conversations import ConversationKey
+from .errors import ChatError, ConfigurationError, ValidationError
+from .hub import Hub
+from .ids import is_valid_id
+from .messaging import check_target
+from .metrics import METRICS
+from .server import check_gevent_patched
+from .views import blueprint, check_can_open, json_response
+from .windows import parse_state
+
+if TYPE_CHECKING:
+    from .extension import Chat, ChatState
+
+log = logging.getLogger("flask_chat.websocket")
+
+_TOKEN_SALT = "flask-chat-websocket"
+_RawSocket = get_original("socket", "socket")
+
+
+def _serializer(app: Flask) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(app.secret_key or "", salt=_TOKEN_SALT)
+
+
+def make_token(user_id: int) -> str:
+    """A signed, short-lived websocket token for ``user_id`` (the bootstrap carries it)."""
+    return _serializer(current_app).dumps(user_id)
+
+
+def _token_user(token: str, max_age: int) -> int | None:
+    try:
+        value = _serializer(current_app).loads(token, max_age=max_age)
+    except BadSignature:
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _origin_allowed(allowed: tuple[str, ...]) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser: cross-site websocket hijacking needs one
+    own = f"{request.scheme.replace('ws', 'http')}://{request.host}"
+    if origin == own or origin in allowed or "*" in allowed:
+        return True
+    # Behind a TLS-terminating proxy the scheme we see may be http.
+    parsed = urlsplit(origin)
+    return (
+        parsed.netloc == request.host
+        and parsed.scheme in ("http", "https")
+        and (request.headers.get("X-Forwarded-Proto", parsed.scheme) == parsed.scheme)
+    )
+
+
+class _NoThread:
+    """simple-websocket starts a reader thread after the handshake; flask-chat's own
+    loop reads instead, so the thread is never started."""
+
+    def __init__(self, target: Any = None, **kwargs: Any) -> None:
+        self.name = "flask-chat"
+
+    def start(self) -> None:
+        pass
+
+
+class _Detached(Response):
+    """A response that writes nothing: the socket now belongs to the websocket."""
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        if "gunicorn.socket" in environ:
+            raise StopIteration()  # gunicorn's way to say "already handled"
+        return []
+
+
+def get_hub(chat: Chat, state: ChatState) -> Hub:
+    if state.hub is None:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+        def on_presence(user_id: int, online: bool) -> None:
+            with app.app_context():
+                announce_presence(chat, state, user_id, online)
+
+        hub = Hub(state, on_presence)
+        state.hub = hub
+        hub.app = app  # type: ignore[attr-defined]
+        hub.start()
+        hub.subscriber.wait_connected(5.0)
+    return state.hub
+
+
+def announce_presence(chat: Chat, state: ChatState, user_id: int, online: bool) -> None:
+    METRICS.presence_changes.labels("online" if online else "offline").inc()
+    delivery.presence(chat, state, user_id, online)
+
+
+@blueprint.route("/ws", websocket=True)
+def websocket() -> Response:
+    chat: Chat = current_app.extensions["chat"]
+    state = chat.state
+    config = state.config
+    try:
+        check_gevent_patched()
+    except ConfigurationError as exc:
+        log.error("%s", exc)
+        return json_response(exc.to_dict(), 500)
+    if state.hub is not None and state.hub.draining:
+        METRICS.refused.labels("draining").inc()
+        return json_response({"error": "draining", "message": "Reconnect elsewhere."}, 503)
+    if not _origin_allowed(config.allowed_origins):
+        METRICS.refused.labels("origin").inc()
+        return json_response(
+            {"error": "forbidden_origin", "message": "Cross-site websocket refused."}, 403
+        )
+    token = request.args.get("token")
+    user_id = _token_user(token, config.token_max_age) if token else chat.current_user_id()
+    if user_id is None:
+        METRICS.refused.labels("anonymous").inc()
+        return json_response({"error": "not_authenticated", "message": "Log in first."}, 401)
+    group_ids = chat.user_group_ids(user_id)
+    hub = get_hub(chat, state)
+
+    # The handshake, without compression (costly per message and rarely worth it for
+    # short chat frames): simple-websocket accepts permessage-deflate when offered.
+    from simple_websocket import Server
+
+    environ = {k: v for k, v in request.environ.items() if k != "HTTP_SEC_WEBSOCKET_EXTENSIONS"}
+    ws = Server(environ, thread_class=_NoThread)
+    gsock = ws.sock
+    raw = _RawSocket(gsock.family, gsock.type, gsock.proto, fileno=gsock.detach())
+    raw.setblocking(False)
+    if raw.family in (socket.AF_INET, socket.AF_INET6):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    done = Event()
+
+    def on_text(conn: Connection, text: str) -> None:
+        with app.app_context():
+            handle_frame(chat, state, conn, text)
+
+    def on_close(conn: Connection) -> None:
+        hub.remove(conn)
+        done.set()
+        if hub.draining:
+            return  # the client reconnects elsewhere; presence expires if it does not
+        gevent.spawn(_disconnected, app, chat, state, conn.user_id, conn.id)
+
+    conn = Connection(
+        raw,
+        user_id,
+        secrets.token_hex(8),
+        on_text,
+        on_close,
+        max_message=config.max_ws_message,
+        max_backlog=config.max_ws_queue,
+    )
+    conn.data["groups"] = group_ids
+    hub.add(conn, [hub.user_channel(user_id)] + [hub.group_channel(g) for g in group_ids])
+    conn.write(protocol.ws_frame(protocol.hello(user_id, conn.id, config.ping_interval)))
+    conn.start()
+    if state.presence.connect(user_id, conn.id):
+        announce_presence(chat, state, user_id, True)
+    snapshot = _online_snapshot(chat, state, user_id)
+    conn.write(protocol.ws_frame(protocol.online_snapshot(snapshot)))
+    after = request.args.get("after")
+    if after:
+        _catch_up(state, conn, after)
+
+    detach = request.environ.get("flask_chat.detach")
+    if detach is not None:
+        detach()  # our gevent server forgets the socket; no greenlet stays parked
+    else:
+        done.wait()  # other servers (gunicorn): park this greenlet until the end
+    return _Detached()
+
+
+def _disconnected(app: Flask, chat: Chat, state: ChatState, user_id: int, conn_id: str) -> None:
+    with app.app_context():
+        try:
+            if state.presence.disconnect(user_id, conn_id):
+                announce_presence(chat, state, user_id, False)
+        except Exception:
+            log.exception("flask-chat: presence update failed for user %s", user_id)
+
+
+def _online_snapshot(chat: Chat, state: ChatState, user_id: int) -> list[int]:
+    users, groups = chat.presence_audience(user_id)
+    candidates = dict.fromkeys(users)
+    for gid in groups:
+        group = chat.get_group(gid)
+        if group is not None:
+            candidates.update(dict.fromkeys(group.members))
+    candidates.pop(user_id, None)
+    return state.presence.online_ids(candidates)
+
+
+def _catch_up(state: ChatState, conn: Connection, after: str) -> None:
+    recovered, events = catchup.missed(state, conn.user_id, conn.data["groups"], after)
+    for event in events:
+        conn.write(protocol.ws_frame(event))
+    conn.write(protocol.ws_frame(protocol.catchup_done(recovered, len(events))))
+
+
+def _require(frame: dict[str, Any], field: str) -> Any:
+    if field not in frame:
+        raise ValidationError(f"'{field}' is required.", code="missing_field", field=field)
+    return frame[field]
+
+
+def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> None:
+    """Handle one client frame; a bad one gets an error frame, never a crash."""
+    ref = None
+    try:
+        frame = protocol.parse_client_frame(text)
+        ref = frame.get("ref")
+        kind = frame["type"]
+        if kind == "send":
+            message = chat.send_message(
+                conn.user_id, _require(frame, "to"), _require(frame, "message_text")
+            )
+            conn.send_text(protocol.ack(ref, message))
+        elif kind == "typing":
+            to = ConversationKey.parse(_require(frame, "to"))
+            check_target(chat, conn.user_id, to)
+            delivery.typing(state, conn.user_id, to)
+        elif kind == "read":
+            to = ConversationKey.parse(_require(frame, "to"))
+            message_id = _require(frame, "id")
+            if not isinstance(message_id, str) or not is_valid_id(message_id):
+                raise ValidationError(
+                    "'id' must be a message id.", code="invalid_field", field="id"
+                )
+            check_can_open(conn.user_id, to)
+            delivery.read_mark(state, conn.user_id, to, message_id)
+        elif kind == "catchup":
+            after = _require(frame, "after")
+            if not isinstance(after, str) or not is_valid_id(after):
+                raise ValidationError(
+                    "'after' must be a message id.", code="invalid_field", field="after"
+                )
+            _catch_up(state, conn, after)
+        elif kind == "window":
+            conversation = ConversationKey.parse(_require(frame, "conversation"), "conversation")
+            window_state = parse_state(_require(frame, "state"))
+            check_can_open(conn.user_id, conversation)
+            state.windows.set(conn.user_id, str(conversation), window_state)
+            delivery.window(state, conn.user_id, str(conversation), window_state)
+        elif kind == "ping":
+            conn.send_text(protocol.PONG)
+    except ChatError as err:
+        METRICS.rejected_frames.labels(err.code).inc()
+        conn.send_text(protocol.error(err, ref))
