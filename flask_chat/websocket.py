@@ -105,7 +105,6 @@ def get_hub(chat: Chat, state: ChatState) -> Hub:
 
         hub = Hub(state, on_presence)
         state.hub = hub
-        hub.app = app  # type: ignore[attr-defined]
         hub.start()
         hub.subscriber.wait_connected(5.0)
     return state.hub

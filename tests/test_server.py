@@ -116,3 +116,35 @@ def test_two_people_chat_through_the_served_demo(demo_server: int) -> None:
     finally:
         alice.close()
         bob.close()
+
+
+def test_gunicorn_gevent_worker_serves_websockets(redis_url: str) -> None:
+    """The other documented way to serve: gunicorn's gevent worker."""
+    from helpers import Client, login_cookie
+
+    port = free_port()
+    env = dict(os.environ, CHAT_REDIS_URL=redis_url, CHAT_SEND_RATE="0")
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    proc = subprocess.Popen(
+        [gunicorn, "-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}", "--chdir",
+         os.path.join(ROOT, "examples"), "wsgi:app"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    clients: list[Client] = []
+    try:
+        wait_for(lambda: port_open(port) or proc.poll() is not None, timeout=30,
+                 what="gunicorn to listen")
+        assert proc.poll() is None
+        for name in ("alice", "bob"):
+            client = Client(port, login_cookie(port, name))
+            client.wait_type("hello")
+            clients.append(client)
+        alice, bob = clients
+        alice.send({"type": "send", "to": "2_User", "message_text": "via gunicorn", "ref": 1})
+        assert alice.wait_type("ack", ref=1)
+        assert bob.wait_type("message")["message_text"] == "via gunicorn"
+    finally:
+        for client in clients:
+            client.close()
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -1,9 +1,12 @@
 /* flask-chat client: rebuilds the chat windows from the bootstrap data on every page,
- * sends with POST send_message, hides (never removes) closed windows, and renders
- * every text with textContent only. No build step, no dependencies.
+ * keeps a websocket to /chats/ws (jittered exponential reconnect, catch-up from the
+ * highest message id it has), shows who is online, typing and unread counts, keeps
+ * windows in sync across tabs, hides (never removes) closed windows, and renders every
+ * text with textContent only. No build step, no dependencies.
  *
  * Public API: window.FlaskChat.open(key), .close(key), .minimise(key), .send(key, text),
- * .on(event, handler) with events "message" and "error".
+ * .on(event, handler) with events "message", "presence", "connection" and "error";
+ * .online (a set of user ids), .connected (boolean).
  */
 (function () {
   "use strict";
@@ -17,6 +20,15 @@
   var windows = {};        // conversation key -> window record
   var handlers = {};       // event name -> [functions]
   var dock;
+  var position = data.position || "";  // highest message id this page has
+  var online = {};         // user id -> true
+  var socket = null;
+  var connected = false;
+  var attempts = 0;
+  var useToken = true;
+  var pending = {};        // ref -> {resolve, reject}
+  var nextRef = 1;
+  var onlinePanel = null;
 
   function emit(name, detail) {
     (handlers[name] || []).forEach(function (fn) { fn(detail); });
@@ -87,6 +99,7 @@
     var win = windows[key];
     if (!win || win.ids[message.id]) { return false; }
     win.ids[message.id] = true;
+    if (message.id > position) { position = message.id; }
     var mine = String(message.sender_id) === String(me.id);
     var row = el("div", "fc-message " + (mine ? "fc-sent" : "fc-received"));
     row.setAttribute("data-id", message.id);
@@ -150,6 +163,7 @@
       if (ev.target === close) { api.close(key); return; }
       api.minimise(key, win.state !== "minimised");
     });
+    input.addEventListener("input", function () { noteTyping(key); });
     input.addEventListener("keydown", function (ev) {
       if (ev.key === "Enter" && !ev.shiftKey) {
         ev.preventDefault();
@@ -170,7 +184,10 @@
   function applyState(win) {
     win.root.hidden = win.state === "hidden";
     win.root.classList.toggle("fc-minimised", win.state === "minimised");
-    if (win.state === "open") { win.unread.textContent = ""; }
+    if (win.state === "open" && win.unread.textContent) {
+      var last = win.body.lastElementChild;
+      if (last) { markRead(win.key, last.getAttribute("data-id")); } else { win.unread.textContent = ""; }
+    }
   }
 
   function loadConversation(key) {
@@ -214,7 +231,10 @@
     send: function (key, text) {
       var win = windows[key] || api.open(key);
       win.error.textContent = "";
-      return request("POST", data.urls.send_message, { to: key, message_text: text }).then(
+      var sending = connected
+        ? wsRequest({ type: "send", to: key, message_text: text }).then(function (ack) { return ack.message; })
+        : request("POST", data.urls.send_message, { to: key, message_text: text });
+      return sending.then(
         function (message) {
           addMessage(key, message);
           emit("message", { conversation: key, message: message });
@@ -228,16 +248,215 @@
       );
     },
     receive: function (key, message) {
-      // Used by the real-time layer: show an incoming message, opening a hidden window.
-      var win = windows[key] || createWindow(key, "open", []);
+      // An incoming message: a closed window reopens (as the legacy chat did), and a
+      // window that is not open and visible counts it as unread.
+      var mine = String(message.sender_id) === String(me.id);
+      var win = windows[key];
+      if (!win) {
+        win = createWindow(key, "open", []);
+        if (!mine) { saveState(key, "open"); }
+      } else if (win.state === "hidden" && !mine) {
+        win.state = "open";
+        applyState(win);
+        saveState(key, "open");
+      }
       var added = addMessage(key, message);
-      if (added && win.state !== "open" && String(message.sender_id) !== String(me.id)) {
-        win.unread.textContent = String((parseInt(win.unread.textContent, 10) || 0) + 1);
+      if (added && !mine) {
+        if (win.state !== "open" || document.hidden) {
+          win.unread.textContent = String((parseInt(win.unread.textContent, 10) || 0) + 1);
+        } else {
+          markRead(key, message.id);
+        }
       }
       if (added) { emit("message", { conversation: key, message: message }); }
       return added;
     },
+    get online() { return Object.keys(online).map(Number); },
+    get connected() { return connected; },
   };
+
+  // -- real time ------------------------------------------------------------------
+
+  function keyFor(frame) {
+    // Message-like frames are side-neutral: work out the conversation as I see it.
+    if (String(frame.sender_id !== undefined ? frame.sender_id : frame.user_id) === String(me.id)) {
+      return frame.to;
+    }
+    if (/_Group$/.test(frame.to)) { return frame.to; }
+    return (frame.sender_id !== undefined ? frame.sender_id : frame.user_id) + "_User";
+  }
+
+  function wsSend(frame) {
+    if (socket && connected) { socket.send(JSON.stringify(frame)); return true; }
+    return false;
+  }
+
+  function wsRequest(frame) {
+    return new Promise(function (resolve, reject) {
+      var ref = "r" + (nextRef++);
+      frame.ref = ref;
+      pending[ref] = { resolve: resolve, reject: reject };
+      if (!wsSend(frame)) {
+        delete pending[ref];
+        reject(new Error("not connected"));
+      }
+    });
+  }
+
+  function markRead(key, id) {
+    var win = windows[key];
+    if (win) { win.unread.textContent = ""; win.lastRead = id; }
+    wsSend({ type: "read", to: key, id: id });
+  }
+
+  var typingSent = {};
+  function noteTyping(key) {
+    var now = Date.now();
+    if (!typingSent[key] || now - typingSent[key] > 2000) {
+      typingSent[key] = now;
+      wsSend({ type: "typing", to: key });
+    }
+  }
+
+  function showTyping(key, userId) {
+    var win = windows[key];
+    if (!win) { return; }
+    win.typing.textContent = nameOf(userId) + " is typing\u2026";
+    clearTimeout(win.typingTimer);
+    win.typingTimer = setTimeout(function () { win.typing.textContent = ""; }, 3000);
+  }
+
+  function renderOnline() {
+    if (!onlinePanel) {
+      onlinePanel = el("aside", "fc-online");
+      onlinePanel.appendChild(el("h2", null, "Online"));
+      onlinePanel.appendChild(el("ul"));
+      document.body.appendChild(onlinePanel);
+    }
+    var list = onlinePanel.querySelector("ul");
+    while (list.firstChild) { list.removeChild(list.firstChild); }
+    Object.keys(online).sort(function (a, b) { return nameOf(a).localeCompare(nameOf(b)); })
+      .forEach(function (id) {
+        var item = el("li", null, nameOf(id));
+        item.setAttribute("data-user-id", id);
+        item.setAttribute("data-chat-open", id + "_User");
+        list.appendChild(item);
+      });
+  }
+
+  function reloadHistory() {
+    return request("GET", data.urls.history).then(function (history) {
+      Object.keys(history).forEach(function (key) {
+        if (!windows[key]) { createWindow(key, "hidden", []); }
+        history[key].messages.forEach(function (m) { addMessage(key, m); });
+      });
+    });
+  }
+
+  function onFrame(frame) {
+    switch (frame.type) {
+      case "hello":
+        attempts = 0;
+        connected = true;
+        emit("connection", { connected: true });
+        break;
+      case "message":
+        api.receive(keyFor(frame), {
+          message_text: frame.message_text,
+          type: String(frame.sender_id) === String(me.id) ? "sent" : "received",
+          image: frame.image, id: frame.id, sender_id: frame.sender_id, sent_at: frame.sent_at,
+        });
+        break;
+      case "ack":
+      case "error":
+        var waiter = frame.ref !== undefined && pending[frame.ref];
+        if (waiter) {
+          delete pending[frame.ref];
+          if (frame.type === "ack") { waiter.resolve(frame); }
+          else {
+            var err = new Error(frame.message);
+            err.code = frame.error;
+            waiter.reject(err);
+          }
+        } else if (frame.type === "error") { emit("error", frame); }
+        break;
+      case "catchup":
+        if (!frame.recovered) { reloadHistory().catch(function (e) { emit("error", e); }); }
+        break;
+      case "online":
+        online = {};
+        frame.users.forEach(function (id) { online[id] = true; });
+        renderOnline();
+        emit("presence", { online: api.online });
+        break;
+      case "presence":
+        if (String(frame.user_id) === String(me.id)) { break; }
+        if (frame.online) { online[frame.user_id] = true; } else { delete online[frame.user_id]; }
+        renderOnline();
+        emit("presence", { user_id: frame.user_id, online: frame.online });
+        break;
+      case "typing":
+        if (String(frame.user_id) !== String(me.id)) { showTyping(keyFor(frame), frame.user_id); }
+        break;
+      case "read":
+        if (String(frame.user_id) === String(me.id)) {
+          var w = windows[frame.to];
+          if (w) { w.unread.textContent = ""; }
+        }
+        break;
+      case "window":
+        var win = windows[frame.conversation] || createWindow(frame.conversation, frame.state, []);
+        if (win.state !== frame.state) {
+          win.state = frame.state;
+          applyState(win);
+          if (frame.state !== "hidden" && !Object.keys(win.ids).length) {
+            loadConversation(frame.conversation).catch(function () {});
+          }
+        }
+        break;
+      case "reconnect":
+        // This instance is going away; come back (to another) soon, not after a backoff.
+        attempts = 0;
+        break;
+    }
+  }
+
+  function connect() {
+    var scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    var url = scheme + "//" + location.host + data.urls.websocket + "?after=" + encodeURIComponent(position);
+    if (useToken && data.ws_token) { url += "&token=" + encodeURIComponent(data.ws_token); }
+    var ws;
+    try { ws = new WebSocket(url); } catch (e) { scheduleReconnect(); return; }
+    socket = ws;
+    var greeted = false;
+    ws.onmessage = function (ev) {
+      var frame;
+      try { frame = JSON.parse(ev.data); } catch (e) { return; }
+      if (frame.type === "hello") { greeted = true; }
+      onFrame(frame);
+    };
+    ws.onclose = function () {
+      if (socket !== ws) { return; }
+      socket = null;
+      var was = connected;
+      connected = false;
+      Object.keys(pending).forEach(function (ref) {
+        pending[ref].reject(new Error("connection lost"));
+        delete pending[ref];
+      });
+      if (was) { emit("connection", { connected: false }); }
+      // A token can expire on a long-open page; the session cookie still works.
+      if (!greeted && useToken) { useToken = false; }
+      scheduleReconnect();
+    };
+  }
+
+  function scheduleReconnect() {
+    // Jittered exponential backoff, capped at 30 s, so a restarted fleet is not stampeded.
+    var base = Math.min(30000, 500 * Math.pow(2, attempts));
+    attempts += 1;
+    setTimeout(connect, base / 2 + Math.random() * base / 2);
+  }
 
   function start() {
     var seen = {};
@@ -260,6 +479,7 @@
         api.open(target.getAttribute("data-chat-open"));
       }
     });
+    if (window.WebSocket) { connect(); }
   }
 
   window.FlaskChat = api;
