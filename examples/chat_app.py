@@ -77,6 +77,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(
         SECRET_KEY="demo-only-not-secret",
         CHAT_EMBEDDED_REDIS=True,
+        # The demo creates its tables itself; production runs `flask chat db upgrade`.
+        CHAT_DATABASE_AUTO_UPGRADE=True,
     )
     app.config.update(_env_settings())
     app.config.update(config or {})

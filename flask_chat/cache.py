@@ -76,15 +76,19 @@ class ChatCache:
         entries: Iterable[CacheEntry],
         score: int,
         publish: Iterable[tuple[str, bytes]] = (),
-    ) -> list[int]:
+        persist: bytes | None = None,
+        persist_max: int = 100_000,
+    ) -> tuple[list[int], int | None]:
         """Append messages to their owners' caches, then publish, in one round trip.
 
         Each append is atomic per owner; owners are independent (no cross-slot
         transaction). ``score`` orders a conversation created by this append among
         the owner's others. ``publish`` holds (channel, payload) pairs sent after the
         appends on the same connection, so a subscriber that reacts to an event finds
-        the message already cached. Returns, per entry, how many old messages were
-        trimmed off the window, or -1 where the id was already cached.
+        the message already cached. ``persist`` is pushed on the write-behind queue
+        (kept to ``persist_max`` records: the caches hold everything anyway). Returns,
+        per entry, how many old messages were trimmed off the window (or -1 where the
+        id was already cached), and the queue's length after the push.
         """
         pipe = self.client.pipeline(transaction=False)
         users: set[int] = set()
@@ -103,6 +107,7 @@ class ChatCache:
                     self.history_limit,
                     score,
                     self.retention,
+                    1 if entry.user_id is not None else 0,
                 ],
                 client=pipe,
             )
@@ -110,15 +115,19 @@ class ChatCache:
                 users.add(entry.user_id)
             count += 1
         if not count:
-            return []
+            return [], None
         # After the appends, so a concurrent clear() can never leave a user with a
         # cache outside the set (clear removes from the set before it removes data).
         if users:
             pipe.sadd(self.keys.cached_users(), *users)
+        if persist is not None:
+            pipe.rpush(self.keys.persist_queue(), persist)
+            pipe.ltrim(self.keys.persist_queue(), -persist_max, -1)
         for channel, payload in publish:
             pipe.publish(channel, payload)
         results = pipe.execute()
-        return [int(r) for r in results[:count]]
+        queued = int(results[count + (1 if users else 0)]) if persist is not None else None
+        return [int(r) for r in results[:count]], queued
 
     def conversation_ids(self, user_id: int) -> list[str]:
         return [str(c) for c in self.client.zrange(self.keys.conversations(user_id), 0, -1)]
@@ -158,7 +167,7 @@ class ChatCache:
         self, owner_id: int, group_id: int, before: str | None, limit: int
     ) -> list[dict[str, Any]]:
         """Like :meth:`page`, from the group's shared store, as ``owner_id`` sees it."""
-        _, index, bodies, _ = self.keys.group_conversation_keys(group_id)
+        index, bodies = self.keys.group_index(group_id), self.keys.group_bodies(group_id)
         return [
             entry_from_event(json.loads(b), owner_id)
             for b in self._page(index, bodies, before, limit)
@@ -171,6 +180,15 @@ class ChatCache:
             return []
         # A body can vanish between the two reads if a clear runs; skip it then.
         return [str(b) for b in self.client.hmget(bodies, ids) if b is not None]
+
+    def spilled(self, user_id: int) -> dict[str, dict[str, Any]]:
+        """Trimmed messages waiting for SQL: ``"<conversation>|<id>"`` -> entry."""
+        raw = self.client.hgetall(self.keys.spill(user_id))
+        return {field: json.loads(body) for field, body in raw.items()}
+
+    def drop_spilled(self, user_id: int, fields: list[str]) -> None:
+        if fields:
+            self.client.hdel(self.keys.spill(user_id), *fields)
 
     def remove(self, user_id: int, ids_by_conversation: dict[str, list[str]]) -> int:
         """Remove exactly these message ids; returns how many were removed."""
@@ -195,15 +213,24 @@ class ChatCache:
         Only what was read is removed, so a message that lands while this runs stays
         in the cache (and in the set of cached users).
         """
-        self.client.srem(self.keys.cached_users(), user_id)
         history = self.export(user_id)
-        removed = self.remove(
+        removed = self.remove_listed(
             user_id,
             {conv: [m["id"] for m in data["messages"]] for conv, data in history.items()},
         )
-        if self.client.exists(self.keys.conversations(user_id)):
-            self.client.sadd(self.keys.cached_users(), user_id)
         return history, removed
+
+    def remove_listed(self, user_id: int, ids_by_conversation: dict[str, list[str]]) -> int:
+        """Remove exactly these ids and keep the set of cached users right."""
+        # Out of the set first, back in if anything is left: an append that lands
+        # meanwhile adds the user back itself, so a user with a cache is never missing.
+        self.client.srem(self.keys.cached_users(), user_id)
+        removed = self.remove(user_id, ids_by_conversation)
+        if self.client.exists(self.keys.conversations(user_id)) or self.client.exists(
+            self.keys.spill(user_id)
+        ):
+            self.client.sadd(self.keys.cached_users(), user_id)
+        return removed
 
     def has_cache(self, user_id: int) -> bool:
         return bool(self.client.exists(self.keys.conversations(user_id)))

@@ -31,22 +31,21 @@ def missed(
         return False, []
     keys = state.keys
     conversations = state.cache.conversation_ids(user_id)
-    group_stores = [keys.group_conversation_keys(g) for g in group_ids]
 
     pipe = state.redis.pipeline(transaction=False)
     pipe.get(keys.floor(user_id))
-    for _, _, _, floor in group_stores:
-        pipe.get(floor)
+    for gid in group_ids:
+        pipe.get(keys.group_floor(gid))
     lower = f"({after}"
     for conversation in conversations:
         pipe.zrangebylex(keys.message_index(user_id, conversation), lower, "+")
-    for _, index, _, _ in group_stores:
-        pipe.zrangebylex(index, lower, "+")
+    for gid in group_ids:
+        pipe.zrangebylex(keys.group_index(gid), lower, "+")
     results = pipe.execute()
-    floors = results[: 1 + len(group_stores)]
+    floors = results[: 1 + len(group_ids)]
     if any(f is not None and f > after for f in floors):
         return False, []
-    id_lists = results[1 + len(group_stores) :]
+    id_lists = results[1 + len(group_ids) :]
     total = sum(len(ids) for ids in id_lists)
     if total > state.config.catchup_limit:
         return False, []
@@ -59,9 +58,9 @@ def missed(
         if ids:
             pipe.hmget(keys.message_bodies(user_id, conversation), ids)
             sources.append((conversation, ids))
-    for (_, _, bodies, _), ids in zip(group_stores, id_lists[len(conversations) :], strict=True):
+    for gid, ids in zip(group_ids, id_lists[len(conversations) :], strict=True):
         if ids:
-            pipe.hmget(bodies, ids)
+            pipe.hmget(keys.group_bodies(gid), ids)
             sources.append((None, ids))
     events: dict[str, bytes] = {}
 

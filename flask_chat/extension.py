@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
-from flask import Flask, current_app
+from flask import Flask, current_app, has_request_context
+from flask import session as flask_session
 
-from . import directory, messaging
+from . import database, directory, messaging
 from .cache import ChatCache
 from .conversations import ConversationKey
 from .directory import (
@@ -25,6 +26,7 @@ from .directory import (
 from .embedded import embedded_redis_url
 from .errors import ConfigurationError
 from .keys import Keys
+from .persistence import HistoryStore
 from .presence import Presence
 from .scripts import Scripts
 from .signals import cache_cleared, message_sent
@@ -32,6 +34,8 @@ from .windows import Windows
 
 if TYPE_CHECKING:
     from .hub import Hub
+
+_SESSION_KEY = "_flask_chat_session"
 
 F = TypeVar("F")
 
@@ -57,6 +61,12 @@ DEFAULTS: dict[str, Any] = {
     "CHAT_CATCHUP_RETENTION": 3600,
     "CHAT_CATCHUP_LIMIT": 1000,
     "CHAT_METRICS_PATH": "/metrics",
+    "CHAT_DATABASE_URL": None,
+    "CHAT_DATABASE_AUTO_UPGRADE": False,
+    "CHAT_PERSISTENCE": True,
+    "CHAT_SWEEP_INTERVAL": 300,
+    "CHAT_PERSIST_BATCH": 500,
+    "CHAT_PERSIST_BATCH_USERS": 200,
 }
 
 
@@ -83,6 +93,11 @@ class ChatConfig:
     catchup_retention: int
     catchup_limit: int
     metrics_path: str | None
+    database_url: str
+    persistence: bool
+    sweep_interval: int
+    persist_batch: int
+    persist_batch_users: int
 
 
 @dataclass
@@ -96,8 +111,11 @@ class ChatState:
     cache: ChatCache
     windows: Windows
     presence: Presence
+    history: HistoryStore
     #: The process's hub, started with the first websocket (see ``websocket.py``).
     hub: Hub | None = None
+    #: A bytes-returning client for RQ, made on first use (see ``jobs.py``).
+    rq_redis: redis.Redis | None = None
 
 
 def _positive_int(config: dict[str, Any], name: str) -> int:
@@ -130,7 +148,9 @@ class Chat:
     ``CHAT_REDIS_URL``); the app's config wins over them.
     """
 
-    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+    def __init__(self, app: Flask | None = None, db: Any = None, **options: Any) -> None:
+        #: A Flask-SQLAlchemy ``db`` whose engine holds the history, if given.
+        self.db = db
         self._options = {f"CHAT_{k.upper()}": v for k, v in options.items()}
         unknown = set(self._options) - set(DEFAULTS)
         if unknown:
@@ -195,6 +215,20 @@ class Chat:
             Most messages one catch-up replays (more: ``recovered: false``).
         ``CHAT_METRICS_PATH`` (``/metrics``)
             Where Prometheus metrics are served; None switches them off.
+        ``CHAT_DATABASE_URL`` (None)
+            The SQL database for history. None: the host's Flask-SQLAlchemy ``db`` if
+            given as ``Chat(db=db)``, else SQLite in the app's instance folder.
+        ``CHAT_DATABASE_AUTO_UPGRADE`` (False)
+            Create/upgrade flask-chat's tables at ``init_app`` (the demo does; in
+            production run ``flask chat db upgrade``).
+        ``CHAT_PERSISTENCE`` (True)
+            Queue every sent message for SQL (write-behind, drained by RQ workers).
+        ``CHAT_SWEEP_INTERVAL`` (300)
+            Seconds between sweeps that persist and clear offline users' caches.
+        ``CHAT_PERSIST_BATCH`` (500)
+            Messages per write-behind batch.
+        ``CHAT_PERSIST_BATCH_USERS`` (200)
+            Users per sweep batch (one SQL transaction each).
         """
         if "chat" in app.extensions:
             raise RuntimeError(
@@ -207,6 +241,13 @@ class Chat:
         client = redis.Redis.from_url(config.redis_url, decode_responses=True)
         keys = Keys(config.key_prefix)
         scripts = Scripts.register(client)
+        if config.database_url:
+            engine = database.make_engine(config.database_url)
+        else:
+            with app.app_context():
+                engine = self.db.engine
+        if app.config["CHAT_DATABASE_AUTO_UPGRADE"]:
+            database.upgrade(engine)
         self._states[app] = ChatState(
             config=config,
             redis=client,
@@ -215,8 +256,14 @@ class Chat:
             cache=ChatCache(client, keys, scripts, config.history_limit, config.catchup_retention),
             windows=Windows(client, keys),
             presence=Presence(client, keys, config.presence_ttl),
+            history=HistoryStore(engine),
         )
         app.extensions["chat"] = self
+        self._connect_login_signals(app)
+
+        from .cli import chat_cli
+
+        app.cli.add_command(chat_cli)
 
         from . import websocket  # noqa: F401  (registers /ws on the blueprint)
         from .templating import chat_bootstrap
@@ -281,6 +328,12 @@ class Chat:
             catchup_retention=_positive_int(c, "CHAT_CATCHUP_RETENTION"),
             catchup_limit=_positive_int(c, "CHAT_CATCHUP_LIMIT"),
             metrics_path=c["CHAT_METRICS_PATH"] or None,
+            database_url=c["CHAT_DATABASE_URL"]
+            or ("" if self.db is not None else database.default_url(app.instance_path)),
+            persistence=bool(c["CHAT_PERSISTENCE"]),
+            sweep_interval=_positive_int(c, "CHAT_SWEEP_INTERVAL"),
+            persist_batch=_positive_int(c, "CHAT_PERSIST_BATCH"),
+            persist_batch_users=_positive_int(c, "CHAT_PERSIST_BATCH_USERS"),
         )
 
     @property
@@ -428,6 +481,54 @@ class Chat:
             if c.endswith("_User")
         ]
         return peers, self.user_group_ids(user_id)
+
+    # -- sessions and history ------------------------------------------------------
+
+    def login(self, user_id: int) -> int:
+        """Start a chat session for ``user_id`` (called for you on Flask-Login's
+        ``user_logged_in``). Returns the session id, also kept in the Flask session."""
+        session_id = self.state.history.open_session(user_id)
+        if has_request_context():
+            flask_session[_SESSION_KEY] = session_id
+        return session_id
+
+    def logout(self, user_id: int) -> Any:
+        """End the chat session and enqueue persist-then-clear of the user's cache
+        (called for you on Flask-Login's ``user_logged_out``). A user still connected
+        elsewhere keeps their cache: it is persisted, not cleared."""
+        from .jobs import enqueue_persist
+
+        session_id = flask_session.pop(_SESSION_KEY, None) if has_request_context() else None
+        self.state.history.close_session(user_id, session_id)
+        return enqueue_persist(self.state, user_id, clear=True)
+
+    def _connect_login_signals(self, app: Flask) -> None:
+        try:
+            from flask_login import user_logged_in, user_logged_out
+        except ImportError:
+            return
+
+        # A failure here must not fail the host app's login or logout: the history
+        # is still in the cache, and the sweep persists it later.
+        def logged_in(sender: Flask, user: Any, **_: Any) -> None:
+            user_id = directory.as_user_id(user)
+            if user_id is not None:
+                try:
+                    self.login(user_id)
+                except Exception:
+                    sender.logger.exception("flask-chat: could not start the chat session")
+
+        def logged_out(sender: Flask, user: Any, **_: Any) -> None:
+            user_id = directory.as_user_id(user)
+            if user_id is not None:
+                try:
+                    self.logout(user_id)
+                except Exception:
+                    sender.logger.exception("flask-chat: could not end the chat session")
+
+        # Strong references: these closures exist nowhere else.
+        user_logged_in.connect(logged_in, app, weak=False)
+        user_logged_out.connect(logged_out, app, weak=False)
 
     def group_membership_changed(
         self, group_id: int, added: Iterable[int] = (), removed: Iterable[int] = ()

@@ -13,12 +13,15 @@ on a cluster)::
     chat:{u:1}:windows            HASH   conversation key -> window state JSON
     chat:{u:1}:floor              STRING highest message id that left user 1's cache
                                          (trimmed or cleared): catch-up below it is lost
+    chat:{u:1}:spill              HASH   "<conversation>|<id>" -> message JSON: messages trimmed
+                                         off the window and not yet persisted to SQL
     chat:{u:1}:conns              ZSET   user 1's live connection ids, scored by expiry
     chat:{u:1}:reads              HASH   conversation key -> last message id read
     chat:{u:1}:rate               HASH   send rate limiter state (token bucket)
     chat:{g:5}:convs / :idx:5_Group / :msg:5_Group / :floor
                                          group 5's recent messages, shared by all members
     chat:online                   ZSET   online user ids, scored by presence expiry
+    chat:persist                  LIST   write-behind queue of sent messages for SQL
 
 Pub/sub channels (one subscriber connection per process listens to what it needs)::
 
@@ -65,10 +68,23 @@ class Keys:
             self.message_index(user_id, conversation),
             self.message_bodies(user_id, conversation),
             self.floor(user_id),
+            self.spill(user_id),
         ]
 
     def floor(self, user_id: int) -> str:
         return f"{self._user(user_id)}:floor"
+
+    def spill(self, user_id: int) -> str:
+        return f"{self._user(user_id)}:spill"
+
+    def persist_queue(self) -> str:
+        return f"{self.prefix}:persist"
+
+    def sweep_job_id(self) -> str:
+        return f"{self.prefix}:sweep"
+
+    def rq_queue(self) -> str:
+        return f"{self.prefix}-persist"
 
     def connections(self, user_id: int) -> str:
         return f"{self._user(user_id)}:conns"
@@ -82,14 +98,20 @@ class Keys:
     def _group(self, group_id: int) -> str:
         return f"{self.prefix}:{{g:{group_id}}}"
 
+    def group_index(self, group_id: int) -> str:
+        return f"{self._group(group_id)}:idx:{group_id}_Group"
+
+    def group_bodies(self, group_id: int) -> str:
+        return f"{self._group(group_id)}:msg:{group_id}_Group"
+
     def group_conversation_keys(self, group_id: int) -> list[str]:
         """KEYS of a group's shared store, laid out like one user's conversation."""
-        conversation = f"{group_id}_Group"
         return [
             f"{self._group(group_id)}:convs",
-            f"{self._group(group_id)}:idx:{conversation}",
-            f"{self._group(group_id)}:msg:{conversation}",
+            self.group_index(group_id),
+            self.group_bodies(group_id),
             self.group_floor(group_id),
+            f"{self._group(group_id)}:spill",  # declared for the script; never written
         ]
 
     def group_floor(self, group_id: int) -> str:

@@ -204,9 +204,23 @@ def send(
             CacheEntry(uid, str(conversation), message_id, received) for uid in recipients
         )
         channels = [keys.group_channel(group.id)]
-    state.cache.append(
-        entries, score=int(sent.timestamp() * 1000), publish=[(c, event) for c in channels]
+    persist = None
+    if config.persistence:
+        # Write-behind: the message and who holds it go to SQL soon, in batches.
+        owners = [(sender_id, str(conversation), "sent")]
+        owners += [(e.user_id, e.conversation, "received") for e in entries[1:] if e.user_id]
+        persist = json.dumps({"m": json.loads(event), "v": owners}).encode()
+    _, queued = state.cache.append(
+        entries,
+        score=int(sent.timestamp() * 1000),
+        publish=[(c, event) for c in channels],
+        persist=persist,
     )
+    if queued == 1:
+        # The queue was empty, so no drain job is pending: start one.
+        from .jobs import enqueue_drain
+
+        enqueue_drain(state)
     METRICS.sends.inc()
     METRICS.send_latency.observe(time.perf_counter() - started)
     return message, recipients

@@ -38,13 +38,15 @@ return {ms, seq}
 """
 
 #: Append one message to one user's conversation.
-#: KEYS: [convs zset, index zset, bodies hash, floor string]
+#: KEYS: [convs zset, index zset, bodies hash, floor string, spill hash]
 #: ARGV: [conversation key, message id, message json, history limit, conversation score,
-#:        floor ttl seconds]
+#:        floor ttl seconds, spill (1: keep trimmed messages for SQL, 0: drop them)]
 #: Returns the number of messages trimmed off the window, or -1 if the id was already
 #: there. Guarantee: the id is stored at most once (a retried send is a no-op); the
-#: index and the bodies never disagree; the window keeps the newest ``limit`` ids, and
-#: the floor remembers the highest id trimmed (catch-up from below it is incomplete).
+#: index and the bodies never disagree; the window keeps the newest ``limit`` ids; a
+#: trimmed message moves to the spill hash in the same step (nothing leaves Redis before
+#: it is in SQL), and the floor remembers the highest id trimmed (catch-up from below it
+#: is incomplete).
 APPEND = """
 if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then
   return -1
@@ -58,6 +60,9 @@ if limit > 0 and n > limit then
   local popped = redis.call('ZPOPMIN', KEYS[2], n - limit)
   local highest = ''
   for i = 1, #popped, 2 do
+    if ARGV[7] == '1' then
+      redis.call('HSET', KEYS[5], ARGV[1] .. '|' .. popped[i], redis.call('HGET', KEYS[3], popped[i]))
+    end
     redis.call('HDEL', KEYS[3], popped[i])
     if popped[i] > highest then highest = popped[i] end
     trimmed = trimmed + 1
@@ -70,7 +75,7 @@ return trimmed
 
 #: Remove the given message ids from one user's conversation; drop the conversation
 #: when it is left empty; raise the floor to the highest id removed.
-#: KEYS: [convs zset, index zset, bodies hash, floor string]
+#: KEYS: [convs zset, index zset, bodies hash, floor string, spill hash (unused)]
 #: ARGV: [conversation key, floor ttl seconds, id, id, ...]. Returns how many ids were
 #: removed.
 #: Guarantee: only the named ids go, so a message that arrived after the caller read

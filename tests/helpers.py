@@ -25,8 +25,20 @@ def wait_for(
         time.sleep(interval)
 
 
-def dump(client: redis.Redis) -> dict[bytes | str, object]:
-    """Every key of the current database with its type and value, to compare states."""
+def dump(decoded: redis.Redis) -> dict[bytes | str, object]:
+    """Every key of the current database with its type and value, to compare states
+    (read as bytes: RQ's job hashes are not text)."""
+    pool = decoded.connection_pool
+    kwargs = dict(pool.connection_kwargs, decode_responses=False)
+    client = redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=pool.connection_class, **kwargs))
+    try:
+        return _dump(client)
+    finally:
+        client.close()
+
+
+def _dump(client: redis.Redis) -> dict[bytes | str, object]:
     state: dict[bytes | str, object] = {}
     for key in client.scan_iter(count=1000):
         kind = client.type(key)
@@ -81,9 +93,18 @@ class DemoServer:
     """``examples/serve.py`` (the demo app on gevent) in a child process."""
 
     def __init__(self, redis_url: str, port: int | None = None, **settings: Any) -> None:
+        import tempfile
+
         self.port = port or free_port()
+        # Its own SQLite database unless told otherwise (CHAT_DATABASE_URL=...).
+        self.tmp = tempfile.mkdtemp(prefix="flask-chat-demo-")
         self.env = dict(
-            os.environ, CHAT_REDIS_URL=redis_url, PORT=str(self.port), QUIET="1", CHAT_SEND_RATE="0"
+            os.environ,
+            CHAT_REDIS_URL=redis_url,
+            PORT=str(self.port),
+            QUIET="1",
+            CHAT_SEND_RATE="0",
+            CHAT_DATABASE_URL=f"sqlite:///{self.tmp}/chat.db",
         )
         for name, value in settings.items():
             self.env[name] = value if isinstance(value, str) else json.dumps(value)
@@ -124,9 +145,12 @@ class DemoServer:
         return self.proc.returncode
 
     def stop(self) -> None:
+        import shutil
+
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.output += self.proc.communicate(timeout=20)[0]
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def login_cookie(port: int, name: str, host: str = "127.0.0.1") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -18,8 +19,11 @@ from test_templating import bootstrap_of  # noqa: E402
 
 
 @pytest.fixture
-def demo(redis_url: str, closing: Callable[[Flask], Flask]) -> Iterator[Flask]:
-    yield closing(chat_app.create_app({"TESTING": True, "CHAT_REDIS_URL": redis_url}))
+def demo(redis_url: str, closing: Callable[[Flask], Flask], tmp_path: Any) -> Iterator[Flask]:
+    yield closing(chat_app.create_app({
+        "TESTING": True, "CHAT_REDIS_URL": redis_url,
+        "CHAT_DATABASE_URL": f"sqlite:///{tmp_path}/chat.db",
+    }))
 
 
 def login(client, name: str) -> dict:
@@ -80,6 +84,7 @@ def test_settings_come_from_the_environment(
     monkeypatch.setenv("CHAT_REDIS_URL", redis_url)
     monkeypatch.setenv("CHAT_MAX_MESSAGE_LENGTH", "12")
     monkeypatch.setenv("SECRET_KEY", "from-env")
+    monkeypatch.setenv("CHAT_DATABASE_URL", "sqlite://")
     app = closing(chat_app.create_app({"TESTING": True}))
     assert app.config["CHAT_MAX_MESSAGE_LENGTH"] == 12
     assert app.config["SECRET_KEY"] == "from-env"

@@ -128,8 +128,10 @@ def test_two_apps_keep_separate_config_and_keys(
         assert [
             m["message_text"] for m in one.extensions["chat"].history(2)["1_User"]["messages"]
         ] == ["short"]
-    prefixes = {k.split(":", 1)[0] for k in r.keys()}
+    prefixes = {k.split(":", 1)[0] for k in r.keys() if not k.startswith("rq:")}
     assert prefixes == {"one", "two"}
+    # RQ's keys are RQ's, but each app has its own queue.
+    assert {"rq:queue:one-persist", "rq:queue:two-persist"} <= set(r.keys())
     assert one.test_client().get("/talk/history").status_code == 404
     assert two.test_client().get("/talk/history").status_code == 401
 

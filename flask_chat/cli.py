@@ -1,0 +1,99 @@
+"""``flask chat ...``: the database, the RQ worker and scheduler, and the sweep."""
+
+from __future__ import annotations
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from . import database
+
+
+def _state():  # type: ignore[no-untyped-def]
+    return current_app.extensions["chat"].state
+
+
+@click.group("chat", help="flask-chat: database, workers, scheduler, sweep, migrations.")
+def chat_cli() -> None:
+    pass
+
+
+@chat_cli.group("db", help="flask-chat's own tables (its own Alembic version table).")
+def db_cli() -> None:
+    pass
+
+
+@db_cli.command("upgrade")
+@click.argument("revision", default="head")
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Create or upgrade flask-chat's tables."""
+    engine = _state().history.engine
+    database.upgrade(engine, revision)
+    click.echo(f"flask-chat database at revision {database.current_revision(engine)}")
+
+
+@db_cli.command("downgrade")
+@click.argument("revision")
+@with_appcontext
+def db_downgrade(revision: str) -> None:
+    """Downgrade flask-chat's tables (``base`` drops them)."""
+    engine = _state().history.engine
+    database.downgrade(engine, revision)
+    click.echo(f"flask-chat database at revision {database.current_revision(engine)}")
+
+
+@db_cli.command("current")
+@with_appcontext
+def db_current() -> None:
+    """Show the schema revision, and the newest one this version ships."""
+    engine = _state().history.engine
+    click.echo(f"current: {database.current_revision(engine)}  head: {database.head_revision()}")
+
+
+@chat_cli.command("worker")
+@click.option("--burst", is_flag=True, help="Work off what is queued, then exit.")
+@click.option("--name", default=None, help="Worker name (default: RQ's).")
+@with_appcontext
+def worker(burst: bool, name: str | None) -> None:
+    """Run an RQ worker for flask-chat's jobs (each job in a fresh app context)."""
+    from .jobs import AppWorker, queue, rq_connection
+
+    state = _state()
+    w = AppWorker([queue(state)], connection=rq_connection(state), name=name)
+    w.app = current_app._get_current_object()  # type: ignore[attr-defined]
+    w.work(burst=burst, with_scheduler=False)
+
+
+@chat_cli.command("scheduler")
+@click.option("--interval", default=1.0, help="Seconds between checks for due jobs.")
+@click.option("--burst", is_flag=True, help="Enqueue what is due, then exit.")
+@with_appcontext
+def scheduler(interval: float, burst: bool) -> None:
+    """Run rq-scheduler, with the sweep registered (once, whoever else registers it)."""
+    from rq_scheduler import Scheduler
+
+    from .jobs import rq_connection, schedule_sweep
+
+    state = _state()
+    schedule_sweep(state)
+    Scheduler(
+        queue_name=state.keys.rq_queue(), connection=rq_connection(state), interval=interval
+    ).run(burst=burst)
+
+
+@chat_cli.command("sweep")
+@with_appcontext
+def sweep_now() -> None:
+    """Persist every cached user's history now, and clear the offline users' caches."""
+    from .jobs import sweep
+
+    state = _state()
+    total = state.redis.scard(state.keys.cached_users())
+    with click.progressbar(length=total, label="Sweeping caches", show_pos=True) as bar:
+        result = sweep(progress=bar.update)
+    click.echo(
+        f"swept {result['users']} users: {result['messages']} messages read, "
+        f"{result['written']} written, {result['already']} already stored; "
+        f"{result['cleared']} caches cleared, {result['kept']} kept (online)"
+    )
