@@ -62,7 +62,8 @@ def worker(burst: bool, name: str | None) -> None:
     state = _state()
     w = AppWorker([queue(state)], connection=rq_connection(state), name=name)
     w.app = current_app._get_current_object()  # type: ignore[attr-defined]
-    w.work(burst=burst, with_scheduler=False)
+    # with_scheduler: RQ enqueues retries (with their backoff) from its own registry.
+    w.work(burst=burst, with_scheduler=True)
 
 
 @chat_cli.command("scheduler")

@@ -166,6 +166,9 @@ class AppWorker(Worker):
 
     def perform_job(self, *args: Any, **kwargs: Any) -> bool:
         with self.app.app_context():
+            # The job runs in a forked work horse: database connections pooled by the
+            # parent must not be shared with it (SQLAlchemy's advice for os.fork()).
+            current_app.extensions["chat"].state.history.engine.dispose(close=False)
             return bool(super().perform_job(*args, **kwargs))
 
 

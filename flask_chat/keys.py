@@ -81,7 +81,7 @@ class Keys:
         return f"{self.prefix}:persist"
 
     def sweep_job_id(self) -> str:
-        return f"{self.prefix}:sweep"
+        return f"{self.prefix}-sweep"  # RQ job ids allow letters, digits, "_" and "-"
 
     def rq_queue(self) -> str:
         return f"{self.prefix}-persist"

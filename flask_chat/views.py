@@ -159,6 +159,13 @@ def conversation(key: str) -> Response:
         merged = {m["id"]: m for m in cache.group_page(g.chat_user_id, conv.id, before, limit)}
         merged.update((m["id"], m) for m in messages)
         messages = [merged[i] for i in sorted(merged, reverse=True)[:limit]]
+    if len(messages) < limit:
+        # The cache is a window: older messages come from SQL, the record.
+        oldest = messages[-1]["id"] if messages else before
+        older = _chat().state.history.conversation_page(
+            g.chat_user_id, conv, oldest, limit - len(messages)
+        )
+        messages.extend(older)
     return json_response(
         {
             "conversation": str(conv),
@@ -184,6 +191,30 @@ def set_window() -> Response:
     chat_state.windows.set(g.chat_user_id, str(conv), state)
     delivery.window(chat_state, g.chat_user_id, str(conv), state)
     return json_response({"windows": chat_state.windows.get(g.chat_user_id)})
+
+
+@blueprint.get("/transcripts")
+def transcripts() -> Response:
+    """The user's persisted history: sessions newest first, each with its conversations
+    (named, in order of their first message) and their messages, oldest first."""
+    chat = _chat()
+    page = _int_arg("page", 1, 1_000_000)
+    per_page = _int_arg("per_page", 10, 100)
+    body = chat.state.history.transcripts(g.chat_user_id, page, per_page)
+    names: dict[str, str | None] = {}
+    for item in body["sessions"]:
+        conversations = []
+        for key, entries in item["conversations"].items():
+            if key not in names:
+                conv = ConversationKey.parse(key)
+                who = chat.get_group(conv.id) if conv.is_group else chat.get_user(conv.id)
+                names[key] = who.name if who else None
+            conversations.append(
+                {"conversation": key, "type": key.split("_", 1)[1], "name": names[key],
+                 "messages": entries}
+            )
+        item["conversations"] = conversations
+    return json_response(body)
 
 
 @blueprint.get("/online_users")

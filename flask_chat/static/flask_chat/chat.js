@@ -165,7 +165,8 @@
     });
     input.addEventListener("input", function () { noteTyping(key); });
     input.addEventListener("keydown", function (ev) {
-      if (ev.key === "Enter" && !ev.shiftKey) {
+      // Not while an input method is composing: its Enter confirms the composition.
+      if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
         ev.preventDefault();
         form.dispatchEvent(new Event("submit", { cancelable: true }));
       }
@@ -174,7 +175,14 @@
       ev.preventDefault();
       var text = input.value;
       if (!text.trim()) { return; }
-      api.send(key, text).then(function () { input.value = ""; }, function () {});
+      // Take the text out of the box at once, so that a second Enter before the answer
+      // cannot send it twice; give it back if it was not sent (unless the box has new
+      // text by then).
+      input.value = "";
+      delete typingSent[key];  // typing again right after sending is news again
+      api.send(key, text).then(null, function () {
+        if (!input.value) { input.value = text; }
+      });
     });
     (messages || []).forEach(function (m) { addMessage(key, m); });
     applyState(win);
@@ -182,8 +190,13 @@
   }
 
   function applyState(win) {
+    var wasShown = win.shown;
+    win.shown = win.state === "open";
     win.root.hidden = win.state === "hidden";
     win.root.classList.toggle("fc-minimised", win.state === "minimised");
+    // A hidden or minimised body has no layout, so it could not keep up with the
+    // messages that arrived meanwhile: show the newest when the window opens again.
+    if (win.shown && !wasShown) { win.body.scrollTop = win.body.scrollHeight; }
     if (win.state === "open" && win.unread.textContent) {
       var last = win.body.lastElementChild;
       if (last) { markRead(win.key, last.getAttribute("data-id")); } else { win.unread.textContent = ""; }
@@ -261,6 +274,9 @@
         saveState(key, "open");
       }
       var added = addMessage(key, message);
+      if (added && !mine && win.typingUser === String(message.sender_id)) {
+        clearTyping(win);  // they stopped typing: here is what they typed
+      }
       if (added && !mine) {
         if (win.state !== "open" || document.hidden) {
           win.unread.textContent = String((parseInt(win.unread.textContent, 10) || 0) + 1);
@@ -321,9 +337,16 @@
   function showTyping(key, userId) {
     var win = windows[key];
     if (!win) { return; }
+    win.typingUser = String(userId);
     win.typing.textContent = nameOf(userId) + " is typing\u2026";
     clearTimeout(win.typingTimer);
-    win.typingTimer = setTimeout(function () { win.typing.textContent = ""; }, 3000);
+    win.typingTimer = setTimeout(function () { clearTyping(win); }, 3000);
+  }
+
+  function clearTyping(win) {
+    clearTimeout(win.typingTimer);
+    win.typingUser = null;
+    win.typing.textContent = "";
   }
 
   function renderOnline() {
@@ -478,6 +501,12 @@
         ev.preventDefault();
         api.open(target.getAttribute("data-chat-open"));
       }
+    });
+    // Messages that came while the tab was in the background count as unread even in
+    // open windows; once the tab is visible again they are read.
+    document.addEventListener("visibilitychange", function () {
+      if (document.hidden) { return; }
+      Object.keys(windows).forEach(function (key) { applyState(windows[key]); });
     });
     if (window.WebSocket) { connect(); }
   }

@@ -1,0 +1,334 @@
+"""Jobs with real RQ worker processes and real rq-scheduler processes: logout, the
+offline sweep, races with sends, a killed worker, one sweep per interval, a DB outage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from flask import Flask
+from sqlalchemy import create_engine, func, select
+
+import jobs_app
+from conftest import close_chat, make_online
+from flask_chat.cache import CacheEntry
+from flask_chat.jobs import queue, schedule_sweep
+from flask_chat.models import messages, views
+from helpers import ROOT, TcpProxy, wait_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+JOBS_APP = os.path.join(HERE, "jobs_app.py")
+
+
+@pytest.fixture
+def env(redis_url: str, database_url: str) -> dict[str, str]:
+    return dict(os.environ, CHAT_REDIS_URL=redis_url, CHAT_DATABASE_URL=database_url,
+                CHAT_DATABASE_AUTO_UPGRADE="true")
+
+
+@pytest.fixture
+def app(env: dict[str, str]) -> Iterator[Flask]:
+    application = jobs_app.create_app({"CHAT_REDIS_URL": env["CHAT_REDIS_URL"],
+                                       "CHAT_DATABASE_URL": env["CHAT_DATABASE_URL"],
+                                       "CHAT_DATABASE_AUTO_UPGRADE": True})
+    yield application
+    close_chat(application)
+
+
+def flask_chat_cli(env: dict[str, str], *args: str, app: str = JOBS_APP,
+                   timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "flask", "--app", app, "chat", *args],
+                          env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def spawn(env: dict[str, str], *args: str, app: str = JOBS_APP) -> subprocess.Popen[str]:
+    # Its own process group: a worker's forked work horse is killed with it.
+    return subprocess.Popen([sys.executable, "-m", "flask", "--app", app, "chat", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=ROOT, start_new_session=True)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process ended meanwhile
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def kill_9(proc: subprocess.Popen[str]) -> str:
+    """kill -9 the process and its work horse (RQ forks one per job, in a session of
+    its own), as when a machine dies."""
+    for pid in [*children(proc.pid), proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already gone
+    return proc.communicate(timeout=30)[0]
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.communicate(timeout=15)[0]
+    except subprocess.TimeoutExpired:
+        return kill_9(proc)
+
+
+def sql_count(url: str, table: Any = messages) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(table)) or 0)
+    finally:
+        engine.dispose()
+
+
+def run_worker(env: dict[str, str], app: str = JOBS_APP) -> str:
+    result = flask_chat_cli(env, "worker", "--burst", app=app)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_logout_runs_persist_then_clear_on_a_real_worker(env: dict[str, str],
+                                                         database_url: str) -> None:
+    """The demo's own logout (Flask-Login) enqueues the job; `flask chat worker` runs it."""
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import chat_app
+
+    demo = chat_app.create_app({"TESTING": True, "CHAT_REDIS_URL": env["CHAT_REDIS_URL"],
+                                "CHAT_DATABASE_URL": database_url})
+    try:
+        alice = demo.test_client()
+        alice.post("/login", data={"username": "alice"})
+        with demo.app_context():
+            chat = demo.extensions["chat"]
+            for i in range(3):
+                chat.send_message(1, "2_User", f"before logout {i}")
+        alice.get("/logout")
+        with demo.app_context():
+            assert chat.history(1) != {}  # nothing happens until a worker runs the job
+        run_worker(env, app=os.path.join(ROOT, "examples", "chat_app.py"))
+        with demo.app_context():
+            assert chat.history(1) == {}  # alice logged out: persisted, then cleared
+            assert chat.history(2) != {}  # bob did not log out
+        assert sql_count(database_url) == 3
+    finally:
+        close_chat(demo)
+
+
+def test_a_user_still_online_elsewhere_is_persisted_not_cleared(app: Flask, env: dict[str, str],
+                                                                 database_url: str) -> None:
+    chat = app.extensions["chat"]
+    make_online(app, 1)
+    with app.app_context():
+        chat.send_message(1, "2_User", "kept")
+        chat.logout(1)
+    run_worker(env)
+    with app.app_context():
+        assert chat.history(1) != {}
+    assert sql_count(database_url) == 1
+
+
+def test_the_sweep_clears_only_offline_users(app: Flask, env: dict[str, str],
+                                             database_url: str) -> None:
+    chat = app.extensions["chat"]
+    make_online(app, 1)
+    with app.app_context():
+        chat.send_message(1, "2_User", "a to b")
+        chat.send_message(3, "4_User", "c to d")
+        from flask_chat.jobs import sweep
+
+        queue(chat.state).enqueue(sweep)
+    run_worker(env)
+    with app.app_context():
+        assert chat.history(1) != {}
+        assert chat.history(2) == chat.history(3) == chat.history(4) == {}
+        assert sorted(chat.cached_user_ids()) == [1]
+    assert sql_count(database_url) == 2
+    # The CLI does the same now, with a progress bar and a summary line.
+    result = flask_chat_cli(env, "sweep")
+    assert result.returncode == 0, result.stderr
+    assert "swept 1 users: 1 messages read, 0 written, 1 already stored; 0 caches cleared, " \
+           "1 kept (online)" in result.stdout
+
+
+def test_sends_racing_with_sweeps_lose_nothing(app: Flask, env: dict[str, str],
+                                               database_url: str) -> None:
+    chat = app.extensions["chat"]
+    sent: list[str] = []
+    errors: list[BaseException] = []
+    stop_sending = threading.Event()
+
+    def hammer() -> None:
+        try:
+            with app.app_context():
+                while not stop_sending.is_set() and len(sent) < 3000:
+                    sent.append(chat.send_message(7, "8_User", f"m{len(sent)}").id)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    from flask_chat.jobs import sweep
+
+    sender = threading.Thread(target=hammer)
+    sender.start()
+    try:
+        for _ in range(2):  # sweeps by a real worker while the sends go on
+            with app.app_context():
+                queue(chat.state).enqueue(sweep)
+            run_worker(env)
+    finally:
+        stop_sending.set()
+        sender.join(timeout=60)
+    assert not errors
+    with app.app_context():
+        queue(chat.state).enqueue(sweep)
+    run_worker(env)  # a last sweep after the sends stopped
+    assert len(sent) > 0
+    assert sql_count(database_url) == len(sent) == len(set(sent))
+    with app.app_context():
+        assert chat.history(7) == {} and chat.history(8) == {}
+
+
+def fill(app: Flask, users: int, per_user: int) -> int:
+    """Many cached messages, fast: appended straight into real caches."""
+    chat = app.extensions["chat"]
+    with app.app_context():
+        entries = []
+        n = 0
+        for owner in range(10, 10 + users):
+            for i in range(per_user):
+                mid = f"{1700000000000 + n:013d}-0000"
+                n += 1
+                entries.append(CacheEntry(owner, f"{owner + 100000 - 10}_User", mid,
+                                          '{"message_text": "x", "type": "sent", "image": null,'
+                                          f' "id": "{mid}", "sender_id": {owner},'
+                                          ' "sent_at": "2023-11-14T22:13:20.000Z"}'))
+                if len(entries) >= 5000:
+                    chat.state.cache.append(entries, score=1)
+                    entries = []
+        chat.state.cache.append(entries, score=1)
+        return n
+
+
+def test_kill_9_a_worker_mid_job_then_rerun(app: Flask, env: dict[str, str],
+                                            database_url: str) -> None:
+    total = fill(app, users=1500, per_user=20)
+    chat = app.extensions["chat"]
+    from rq.registry import StartedJobRegistry
+
+    from flask_chat.jobs import sweep
+
+    env = dict(env, CHAT_PERSIST_BATCH_USERS="50")
+    with app.app_context():
+        q = queue(chat.state)
+        q.enqueue(sweep, job_timeout=600)
+        started = StartedJobRegistry(queue=q)
+    worker = spawn(env, "worker")
+    try:
+        wait_for(lambda: sql_count(database_url) > 0, timeout=120, interval=0.01,
+                 what="the sweep to start writing")
+    finally:
+        kill_9(worker)  # mid-job: the sweep is 30 batches long
+    partial = sql_count(database_url)
+    assert 0 < partial < total
+    with app.app_context():
+        started.cleanup()  # what RQ does for an abandoned job: it goes to failed
+        queue(chat.state).enqueue(sweep, job_timeout=600)
+    run_worker(env)
+    assert sql_count(database_url) == total
+    with app.app_context():
+        assert list(chat.cached_user_ids()) == []
+
+
+def test_the_sweep_registered_from_three_processes_runs_once_per_interval(
+    app: Flask, env: dict[str, str]
+) -> None:
+    env = dict(env, CHAT_SWEEP_INTERVAL="2")
+    chat = app.extensions["chat"]
+    with app.app_context():
+        schedule_sweep(chat.state, 2)  # a web process registering it too
+        job_id = chat.state.keys.sweep_job_id()
+    procs = [spawn(env, "scheduler", "--interval", "0.2") for _ in range(3)]
+    procs.append(spawn(env, "worker"))
+    start = time.monotonic()
+    try:
+        from rq.job import Job
+
+        conn = redis.Redis.from_url(env["CHAT_REDIS_URL"])
+        try:
+            def runs() -> int:
+                try:
+                    return len(Job.fetch(job_id, connection=conn).results())
+                except Exception:  # not created yet
+                    return 0
+
+            wait_for(lambda: runs() >= 3, timeout=60, interval=0.2, what="three sweeps")
+            elapsed = time.monotonic() - start
+            assert runs() <= elapsed / 2 + 2, (runs(), elapsed)
+            assert conn.zcard("rq:scheduler:scheduled_jobs") == 1
+        finally:
+            conn.close()
+    finally:
+        outputs = [stop(p) for p in procs]
+    assert all("Traceback" not in out for out in outputs), outputs
+
+
+def test_a_database_outage_fails_the_job_and_it_retries_without_clearing(
+    redis_url: str, database_url: str
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the outage is of a database server; SQLite has none")
+    parts = urlsplit(database_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    proxy.up()
+    via_proxy = database_url.replace(parts.netloc, f"{parts.username}:{parts.password}"
+                                     f"@127.0.0.1:{proxy.port}")
+    env = dict(os.environ, CHAT_REDIS_URL=redis_url, CHAT_DATABASE_URL=via_proxy)
+    app = jobs_app.create_app({"CHAT_REDIS_URL": redis_url, "CHAT_DATABASE_URL": via_proxy,
+                               "CHAT_DATABASE_AUTO_UPGRADE": True})
+    chat = app.extensions["chat"]
+    worker = None
+    try:
+        with app.app_context():
+            for i in range(5):
+                chat.send_message(1, "2_User", f"during outage {i}")
+            chat.state.history.engine.dispose()
+            proxy.down()
+            job = chat.logout(1)
+        worker = spawn(env, "worker")
+        from rq.job import JobStatus
+
+        wait_for(lambda: job.get_status(refresh=True) == JobStatus.SCHEDULED, timeout=60,
+                 what="the failed job to be scheduled for a retry")
+        with app.app_context():
+            assert len(chat.history(1)["2_User"]["messages"]) == 5  # nothing cleared
+        assert sql_count(database_url) == 0
+        proxy.up()
+        wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, timeout=90,
+                 what="the retry to succeed")
+        assert sql_count(database_url) == 5
+        with app.app_context():
+            assert chat.history(1) == {}
+    finally:
+        if worker is not None:
+            out = stop(worker)
+            assert "OperationalError" in out or "connection" in out.lower()
+        proxy.down()
+        close_chat(app)
