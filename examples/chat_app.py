@@ -96,6 +96,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def about() -> Any:
         return render_template("about.html")
 
+    @app.get("/transcripts")
+    def transcripts() -> Any:
+        if not current_user.is_authenticated:
+            return redirect(url_for("login"))
+        page = request.args.get("page", "1")
+        data = chat.transcripts(current_user.id, int(page) if page.isdigit() and page != "0" else 1)
+        return render_template("transcripts.html", data=data)
+
     @app.route("/login", methods=["GET", "POST"])
     def login() -> Any:
         if request.method == "POST":

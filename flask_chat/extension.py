@@ -502,6 +502,26 @@ class Chat:
         self.state.history.close_session(user_id, session_id)
         return enqueue_persist(self.state, user_id, clear=True)
 
+    def transcripts(self, user_id: int, page: int = 1, per_page: int = 10) -> dict[str, Any]:
+        """The user's persisted history (``GET /chats/transcripts``): sessions newest
+        first, each with its conversations — named, in order of their first message —
+        and their messages, oldest first."""
+        body = self.state.history.transcripts(user_id, page, per_page)
+        names: dict[str, str | None] = {}
+        for item in body["sessions"]:
+            conversations = []
+            for key, entries in item["conversations"].items():
+                if key not in names:
+                    conv = ConversationKey.parse(key)
+                    who = self.get_group(conv.id) if conv.is_group else self.get_user(conv.id)
+                    names[key] = who.name if who else None
+                conversations.append(
+                    {"conversation": key, "type": key.split("_", 1)[1], "name": names[key],
+                     "messages": entries}
+                )
+            item["conversations"] = conversations
+        return body
+
     def _connect_login_signals(self, app: Flask) -> None:
         try:
             from flask_login import user_logged_in, user_logged_out

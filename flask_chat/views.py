@@ -195,26 +195,9 @@ def set_window() -> Response:
 
 @blueprint.get("/transcripts")
 def transcripts() -> Response:
-    """The user's persisted history: sessions newest first, each with its conversations
-    (named, in order of their first message) and their messages, oldest first."""
-    chat = _chat()
     page = _int_arg("page", 1, 1_000_000)
     per_page = _int_arg("per_page", 10, 100)
-    body = chat.state.history.transcripts(g.chat_user_id, page, per_page)
-    names: dict[str, str | None] = {}
-    for item in body["sessions"]:
-        conversations = []
-        for key, entries in item["conversations"].items():
-            if key not in names:
-                conv = ConversationKey.parse(key)
-                who = chat.get_group(conv.id) if conv.is_group else chat.get_user(conv.id)
-                names[key] = who.name if who else None
-            conversations.append(
-                {"conversation": key, "type": key.split("_", 1)[1], "name": names[key],
-                 "messages": entries}
-            )
-        item["conversations"] = conversations
-    return json_response(body)
+    return json_response(_chat().transcripts(g.chat_user_id, page, per_page))
 
 
 @blueprint.get("/online_users")

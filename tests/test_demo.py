@@ -88,3 +88,17 @@ def test_settings_come_from_the_environment(
     app = closing(chat_app.create_app({"TESTING": True}))
     assert app.config["CHAT_MAX_MESSAGE_LENGTH"] == 12
     assert app.config["SECRET_KEY"] == "from-env"
+
+
+def test_transcripts_page(demo: Flask) -> None:
+    from flask_chat.jobs import persist_users
+
+    c = demo.test_client()
+    data = login(c, "alice")
+    c.post("/chats/send_message", json={"to": "2_User", "message_text": "<for the record>"},
+           headers={"X-CSRF-Token": data["csrf_token"]})
+    with demo.app_context():
+        persist_users([1, 2], clear=False)
+    page = c.get("/transcripts").get_data(as_text=True)
+    assert "With bob" in page
+    assert "&lt;for the record&gt;" in page
