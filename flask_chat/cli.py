@@ -98,3 +98,16 @@ def sweep_now() -> None:
         f"{result['written']} written, {result['already']} already stored; "
         f"{result['cleared']} caches cleared, {result['kept']} kept (online)"
     )
+
+
+def _attach_migrate() -> None:
+    # `flask chat migrate ...` lives in migrations_tools/ (installed as
+    # flask_chat_migrations); attach it when that package provides its commands.
+    try:
+        from flask_chat_migrations.cli import migrate_cli
+    except ImportError:
+        return
+    chat_cli.add_command(migrate_cli)
+
+
+_attach_migrate()
