@@ -184,7 +184,7 @@ class ChatCache:
     def spilled(self, user_id: int) -> dict[str, dict[str, Any]]:
         """Trimmed messages waiting for SQL: ``"<conversation>|<id>"`` -> entry."""
         raw = self.client.hgetall(self.keys.spill(user_id))
-        return {field: json.loads(body) for field, body in raw.items()}
+        return {str(name): json.loads(body) for name, body in raw.items()}
 
     def drop_spilled(self, user_id: int, fields: list[str]) -> None:
         if fields:

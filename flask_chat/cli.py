@@ -7,10 +7,12 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from . import database
+from .extension import ChatState
 
 
-def _state():  # type: ignore[no-untyped-def]
-    return current_app.extensions["chat"].state
+def _state() -> ChatState:
+    state: ChatState = current_app.extensions["chat"].state
+    return state
 
 
 @click.group("chat", help="flask-chat: database, workers, scheduler, sweep, migrations.")

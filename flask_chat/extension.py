@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from flask import Flask, current_app, has_request_context
 from flask import session as flask_session
+from redis import Redis
 
 from . import database, directory, messaging
 from .cache import ChatCache
@@ -115,7 +117,11 @@ class ChatState:
     #: The process's hub, started with the first websocket (see ``websocket.py``).
     hub: Hub | None = None
     #: A bytes-returning client for RQ, made on first use (see ``jobs.py``).
-    rq_redis: redis.Redis | None = None
+    rq_redis: Redis | None = None
+    #: Extension points for add-ons such as the Juggernaut bridge: handlers of extra
+    #: websocket frame types, and callbacks run when the process's hub starts.
+    frame_handlers: dict[str, Callable[[Any, dict[str, Any]], None]] = field(default_factory=dict)
+    hub_listeners: list[Callable[[Hub], None]] = field(default_factory=list)
 
 
 def _positive_int(config: dict[str, Any], name: str) -> int:
@@ -487,7 +493,7 @@ class Chat:
     def login(self, user_id: int) -> int:
         """Start a chat session for ``user_id`` (called for you on Flask-Login's
         ``user_logged_in``). Returns the session id, also kept in the Flask session."""
-        session_id = self.state.history.open_session(user_id)
+        session_id = self.state.history.open_session(user_id, self._now())
         if has_request_context():
             flask_session[_SESSION_KEY] = session_id
         return session_id
@@ -499,7 +505,7 @@ class Chat:
         from .jobs import enqueue_persist
 
         session_id = flask_session.pop(_SESSION_KEY, None) if has_request_context() else None
-        self.state.history.close_session(user_id, session_id)
+        self.state.history.close_session(user_id, session_id, self._now())
         return enqueue_persist(self.state, user_id, clear=True)
 
     def transcripts(self, user_id: int, page: int = 1, per_page: int = 10) -> dict[str, Any]:
@@ -516,11 +522,21 @@ class Chat:
                     who = self.get_group(conv.id) if conv.is_group else self.get_user(conv.id)
                     names[key] = who.name if who else None
                 conversations.append(
-                    {"conversation": key, "type": key.split("_", 1)[1], "name": names[key],
-                     "messages": entries}
+                    {
+                        "conversation": key,
+                        "type": key.split("_", 1)[1],
+                        "name": names[key],
+                        "messages": entries,
+                    }
                 )
             item["conversations"] = conversations
         return body
+
+    def _now(self) -> datetime:
+        """Now on the Redis server's clock, to the millisecond: the clock message ids
+        use, so a session and the messages in it agree on what came first."""
+        seconds, micros = self.state.redis.time()
+        return datetime.fromtimestamp(seconds + (micros // 1000) / 1000, tz=timezone.utc)
 
     def _connect_login_signals(self, app: Flask) -> None:
         try:

@@ -46,6 +46,11 @@ class Hub:
         self.by_user: dict[int, set[Connection]] = {}
         self.draining = False
         self._greenlets: list[gevent.Greenlet] = []
+        #: Channels whose events go to a handler instead of to sockets (the bridge's
+        #: ``juggernaut``), and callbacks run when a connection ends or each heartbeat.
+        self.channel_handlers: dict[bytes, Callable[[bytes], None]] = {}
+        self.close_callbacks: list[Callable[[Connection], None]] = []
+        self.heartbeat_callbacks: list[Callable[[], None]] = []
 
     def start(self) -> None:
         self._greenlets = [
@@ -100,7 +105,8 @@ class Hub:
 
     def add(self, conn: Connection, channels: Iterable[bytes]) -> None:
         self.connections[conn.id] = conn
-        self.by_user.setdefault(conn.user_id, set()).add(conn)
+        if conn.user_id:
+            self.by_user.setdefault(conn.user_id, set()).add(conn)
         self.join(conn, channels)
         METRICS.connections.inc()
         METRICS.connects.inc()
@@ -115,12 +121,26 @@ class Hub:
                 del self.by_user[conn.user_id]
         self.leave(conn, list(conn.channels))
         METRICS.connections.dec()
+        for callback in self.close_callbacks:
+            try:
+                callback(conn)
+            except Exception:
+                log.exception("flask-chat: a close callback failed for %s", conn.id)
 
     # -- delivery ----------------------------------------------------------------------
+
+    def handle_channel(self, channel: bytes, handler: Callable[[bytes], None]) -> None:
+        """Send every event on ``channel`` to ``handler`` (for as long as the hub runs)."""
+        self.channel_handlers[channel] = handler
+        self.subscriber.subscribe([channel])
 
     def dispatch(self, channel: bytes, payload: bytes) -> None:
         """Deliver one pub/sub event: frame once, write the same bytes to every socket."""
         METRICS.events.inc()
+        handler = self.channel_handlers.get(channel)
+        if handler is not None:
+            handler(payload)
+            return
         members = self.channels.get(channel)
         if not members:
             return
@@ -158,11 +178,15 @@ class Hub:
 
     def _heartbeat(self) -> None:
         presence = self.state.presence
-        back = presence.heartbeat([(c.user_id, c.id) for c in self.connections.values()])
+        back = presence.heartbeat(
+            [(c.user_id, c.id) for c in self.connections.values() if c.user_id]
+        )
         for user_id in back:
             self.on_presence_change(user_id, True)
         for user_id in presence.reap():
             self.on_presence_change(user_id, False)
+        for callback in self.heartbeat_callbacks:
+            callback()
 
     # -- shutdown --------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ def drain_write_behind(max_batches: int = 1000) -> int:
         raw = state.redis.lpop(key, state.config.persist_batch)
         if not raw:
             break
-        records = list(raw)  # type: ignore[arg-type]
+        records = [r if isinstance(r, bytes | str) else str(r) for r in raw]
         try:
             total.add(state.history.write(decode_queue_records(records)))
         except Exception:
@@ -129,7 +129,11 @@ def enqueue_drain(state: ChatState) -> None:
 
 def enqueue_persist(state: ChatState, user_id: int, clear: bool = True) -> Any:
     return queue(state).enqueue(
-        persist_users, [user_id], clear, retry=RETRY, job_timeout=600,
+        persist_users,
+        [user_id],
+        clear,
+        retry=RETRY,
+        job_timeout=600,
         description=f"flask-chat: persist user {user_id}",
     )
 

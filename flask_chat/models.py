@@ -14,7 +14,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 metadata = MetaData(
@@ -80,6 +90,6 @@ class ChatMessageView(Base):
     )
 
 
-messages = ChatMessage.__table__
-sessions = ChatSession.__table__
-views = ChatMessageView.__table__
+messages: Table = ChatMessage.__table__  # type: ignore[assignment]
+sessions: Table = ChatSession.__table__  # type: ignore[assignment]
+views: Table = ChatMessageView.__table__  # type: ignore[assignment]

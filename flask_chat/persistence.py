@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from .extension import ChatState
 
 
+#: A user's session: (started, ended or None, session id).
+Span = tuple[datetime, datetime | None, int]
+
+
 def _utc(moment: datetime) -> datetime:
     # SQLite hands datetimes back naive; everything stored is UTC.
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
@@ -126,7 +130,9 @@ class HistoryStore:
                         "message_id": message_id,
                         "conversation": conversation,
                         "direction": direction,
-                        "session_id": _session_at(spans.get(owner), batch.messages[message_id]["sent_at"]),
+                        "session_id": _session_at(
+                            spans.get(owner), batch.messages[message_id]["sent_at"]
+                        ),
                     }
                 )
             for i in range(0, len(rows), self.CHUNK):
@@ -135,11 +141,13 @@ class HistoryStore:
         return result
 
     @staticmethod
-    def _sessions(conn: Any, owners: list[int]) -> dict[int, list[tuple[datetime, datetime | None, int]]]:
-        spans: dict[int, list[tuple[datetime, datetime | None, int]]] = {}
+    def _sessions(conn: Any, owners: list[int]) -> dict[int, list[Span]]:
+        spans: dict[int, list[Span]] = {}
         for i in range(0, len(owners), 1000):
             query = (
-                select(sessions.c.user_id, sessions.c.started_at, sessions.c.ended_at, sessions.c.id)
+                select(
+                    sessions.c.user_id, sessions.c.started_at, sessions.c.ended_at, sessions.c.id
+                )
                 .where(sessions.c.user_id.in_(owners[i : i + 1000]))
                 .order_by(sessions.c.started_at)
             )
@@ -158,15 +166,19 @@ class HistoryStore:
                     user_id=user_id, started_at=at or datetime.now(timezone.utc)
                 )
             )
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
 
-    def close_session(self, user_id: int, session_id: int | None = None) -> None:
+    def close_session(
+        self, user_id: int, session_id: int | None = None, at: datetime | None = None
+    ) -> None:
         """End the given session, or the user's open sessions."""
         query = update(sessions).where(sessions.c.user_id == user_id, sessions.c.ended_at.is_(None))
         if session_id is not None:
             query = query.where(sessions.c.id == session_id)
         with self.engine.begin() as conn:
-            conn.execute(query.values(ended_at=datetime.now(timezone.utc)))
+            conn.execute(query.values(ended_at=at or datetime.now(timezone.utc)))
 
     # -- reading back --------------------------------------------------------------
 
@@ -193,21 +205,33 @@ class HistoryStore:
     def transcripts(self, user_id: int, page: int, per_page: int) -> dict[str, Any]:
         """The user's sessions, newest first, each with its conversations and messages."""
         with self.engine.connect() as conn:
-            total = conn.scalar(select(func.count()).select_from(sessions).where(sessions.c.user_id == user_id))
-            rows = conn.execute(
-                select(sessions)
-                .where(sessions.c.user_id == user_id)
-                .order_by(sessions.c.started_at.desc(), sessions.c.id.desc())
-                .limit(per_page)
-                .offset((page - 1) * per_page)
-            ).mappings().all()
+            total = conn.scalar(
+                select(func.count()).select_from(sessions).where(sessions.c.user_id == user_id)
+            )
+            rows = (
+                conn.execute(
+                    select(sessions)
+                    .where(sessions.c.user_id == user_id)
+                    .order_by(sessions.c.started_at.desc(), sessions.c.id.desc())
+                    .limit(per_page)
+                    .offset((page - 1) * per_page)
+                )
+                .mappings()
+                .all()
+            )
             session_ids = [r["id"] for r in rows]
-            seen = conn.execute(
-                select(views.c.session_id, views.c.conversation, views.c.direction, messages)
-                .join(messages, messages.c.id == views.c.message_id)
-                .where(views.c.user_id == user_id, views.c.session_id.in_(session_ids))
-                .order_by(views.c.message_id)
-            ).mappings().all() if session_ids else []
+            seen = (
+                conn.execute(
+                    select(views.c.session_id, views.c.conversation, views.c.direction, messages)
+                    .join(messages, messages.c.id == views.c.message_id)
+                    .where(views.c.user_id == user_id, views.c.session_id.in_(session_ids))
+                    .order_by(views.c.message_id)
+                )
+                .mappings()
+                .all()
+                if session_ids
+                else []
+            )
         grouped: dict[int, dict[str, list[dict[str, Any]]]] = {sid: {} for sid in session_ids}
         for row in seen:
             grouped[row["session_id"]].setdefault(row["conversation"], []).append(
@@ -229,16 +253,17 @@ class HistoryStore:
         }
 
 
-def _session_at(spans: list[tuple[datetime, datetime | None, int]] | None, at: datetime) -> int | None:
+def _session_at(spans: list[Span] | None, at: datetime) -> int | None:
     """The session that was open at ``at``: the latest one that started by then and had
-    not ended. Messages that arrive between sessions belong to none."""
+    ended before it (both to the millisecond, on the Redis clock). Messages that arrive
+    between sessions belong to none."""
     if not spans:
         return None
     starts = [s for s, _, _ in spans]
     i = bisect.bisect_right(starts, at) - 1
     while i >= 0:
         started, ended, sid = spans[i]
-        if ended is None or ended > at:
+        if ended is None or ended >= at:
             return sid
         i -= 1
     return None

@@ -173,8 +173,9 @@ PONG = dumps({"type": "pong"})
 # -- client -> server ------------------------------------------------------------------
 
 
-def parse_client_frame(text: str) -> dict[str, Any]:
-    """Decode and check the envelope of a client frame; fields are checked by handlers."""
+def parse_client_frame(text: str, extra_types: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Decode and check the envelope of a client frame; fields are checked by handlers.
+    ``extra_types`` are frame types add-ons (the Juggernaut bridge) handle."""
     try:
         frame = json.loads(text)
     except ValueError:
@@ -182,9 +183,9 @@ def parse_client_frame(text: str) -> dict[str, Any]:
     if not isinstance(frame, dict):
         raise ValidationError("A frame must be a JSON object.", code="invalid_frame")
     kind = frame.get("type")
-    if kind not in CLIENT_TYPES:
+    if kind not in CLIENT_TYPES and kind not in extra_types:
         raise ValidationError(
-            f"Unknown frame type; expected one of {', '.join(CLIENT_TYPES)}.",
+            f"Unknown frame type; expected one of {', '.join(CLIENT_TYPES + extra_types)}.",
             code="unknown_type",
             field="type",
         )

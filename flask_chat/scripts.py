@@ -61,7 +61,8 @@ if limit > 0 and n > limit then
   local highest = ''
   for i = 1, #popped, 2 do
     if ARGV[7] == '1' then
-      redis.call('HSET', KEYS[5], ARGV[1] .. '|' .. popped[i], redis.call('HGET', KEYS[3], popped[i]))
+      local body = redis.call('HGET', KEYS[3], popped[i])
+      redis.call('HSET', KEYS[5], ARGV[1] .. '|' .. popped[i], body)
     end
     redis.call('HDEL', KEYS[3], popped[i])
     if popped[i] > highest then highest = popped[i] end

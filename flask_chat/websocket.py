@@ -106,6 +106,8 @@ def get_hub(chat: Chat, state: ChatState) -> Hub:
         hub = Hub(state, on_presence)
         state.hub = hub
         hub.start()
+        for listener in state.hub_listeners:
+            listener(hub)
         hub.subscriber.wait_connected(5.0)
     return state.hub
 
@@ -141,18 +143,7 @@ def websocket() -> Response:
     group_ids = chat.user_group_ids(user_id)
     hub = get_hub(chat, state)
 
-    # The handshake, without compression (costly per message and rarely worth it for
-    # short chat frames): simple-websocket accepts permessage-deflate when offered.
-    from simple_websocket import Server
-
-    environ = {k: v for k, v in request.environ.items() if k != "HTTP_SEC_WEBSOCKET_EXTENSIONS"}
-    ws = Server(environ, thread_class=_NoThread)
-    gsock = ws.sock
-    raw = _RawSocket(gsock.family, gsock.type, gsock.proto, fileno=gsock.detach())
-    raw.setblocking(False)
-    if raw.family in (socket.AF_INET, socket.AF_INET6):
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+    raw = accept_socket()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     done = Event()
 
@@ -188,6 +179,28 @@ def websocket() -> Response:
     if after:
         _catch_up(state, conn, after)
 
+    return hand_over(done)
+
+
+def accept_socket() -> Any:
+    """Complete the websocket handshake of the current request and take the socket:
+    a plain non-blocking socket, with Nagle off, for :class:`Connection`."""
+    # No compression (costly per message, rarely worth it for short chat frames):
+    # simple-websocket accepts permessage-deflate whenever it is offered.
+    from simple_websocket import Server
+
+    environ = {k: v for k, v in request.environ.items() if k != "HTTP_SEC_WEBSOCKET_EXTENSIONS"}
+    ws = Server(environ, thread_class=_NoThread)
+    gsock = ws.sock
+    raw = _RawSocket(gsock.family, gsock.type, gsock.proto, fileno=gsock.detach())
+    raw.setblocking(False)
+    if raw.family in (socket.AF_INET, socket.AF_INET6):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return raw
+
+
+def hand_over(done: Event) -> Response:
+    """End the request, leaving its socket to the connection."""
     detach = request.environ.get("flask_chat.detach")
     if detach is not None:
         detach()  # our gevent server forgets the socket; no greenlet stays parked
@@ -233,10 +246,12 @@ def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> N
     """Handle one client frame; a bad one gets an error frame, never a crash."""
     ref = None
     try:
-        frame = protocol.parse_client_frame(text)
+        frame = protocol.parse_client_frame(text, tuple(state.frame_handlers))
         ref = frame.get("ref")
         kind = frame["type"]
-        if kind == "send":
+        if kind in state.frame_handlers:
+            state.frame_handlers[kind](conn, frame)
+        elif kind == "send":
             message = chat.send_message(
                 conn.user_id, _require(frame, "to"), _require(frame, "message_text")
             )

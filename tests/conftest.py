@@ -62,9 +62,21 @@ GROUPS = {
 
 
 def make_chat_app(redis_url: str, **config: Any) -> Flask:
-    """A small host app: the session's ``uid`` is the current user."""
+    """A small host app: the session's ``uid`` is the current user. Its history database
+    is ``CHAT_DATABASE_URL`` (default: a new SQLite file in a temp folder), schema created."""
+    if "CHAT_DATABASE_URL" not in config:
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="flask-chat-test-")
+        config["CHAT_DATABASE_URL"] = f"sqlite:///{folder}/chat.db"
     app = Flask(__name__)
-    app.config.update(SECRET_KEY="test", TESTING=True, CHAT_REDIS_URL=redis_url, CHAT_SEND_RATE=0)
+    app.config.update(
+        SECRET_KEY="test",
+        TESTING=True,
+        CHAT_REDIS_URL=redis_url,
+        CHAT_SEND_RATE=0,
+        CHAT_DATABASE_AUTO_UPGRADE=True,
+    )
     app.config.update(config)
     chat = Chat()
 
@@ -119,9 +131,15 @@ def closing() -> Iterator[Callable[[Flask], Flask]]:
 
 
 @pytest.fixture
-def app_factory(redis_url: str, closing: Callable[[Flask], Flask]) -> Callable[..., Flask]:
+def app_factory(
+    redis_url: str, closing: Callable[[Flask], Flask], tmp_path: Any
+) -> Callable[..., Flask]:
     def factory(**config: Any) -> Flask:
+        config.setdefault("CHAT_DATABASE_URL", f"sqlite:///{tmp_path}/chat-{len(made)}.db")
+        made.append(None)
         return closing(make_chat_app(redis_url, **config))
+
+    made: list[None] = []
 
     return factory
 
@@ -184,10 +202,12 @@ def reset_postgres(url: str) -> None:
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
-            conn.execute(text(
-                "DROP TABLE IF EXISTS chat_message_views, chat_sessions, chat_messages, "
-                "flask_chat_alembic_version CASCADE"
-            ))
+            conn.execute(
+                text(
+                    "DROP TABLE IF EXISTS chat_message_views, chat_sessions, chat_messages, "
+                    "flask_chat_alembic_version CASCADE"
+                )
+            )
     finally:
         engine.dispose()
 

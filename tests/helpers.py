@@ -30,8 +30,9 @@ def dump(decoded: redis.Redis) -> dict[bytes | str, object]:
     (read as bytes: RQ's job hashes are not text)."""
     pool = decoded.connection_pool
     kwargs = dict(pool.connection_kwargs, decode_responses=False)
-    client = redis.Redis(connection_pool=redis.ConnectionPool(
-        connection_class=pool.connection_class, **kwargs))
+    client = redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    )
     try:
         return _dump(client)
     finally:

@@ -20,10 +20,15 @@ from test_templating import bootstrap_of  # noqa: E402
 
 @pytest.fixture
 def demo(redis_url: str, closing: Callable[[Flask], Flask], tmp_path: Any) -> Iterator[Flask]:
-    yield closing(chat_app.create_app({
-        "TESTING": True, "CHAT_REDIS_URL": redis_url,
-        "CHAT_DATABASE_URL": f"sqlite:///{tmp_path}/chat.db",
-    }))
+    yield closing(
+        chat_app.create_app(
+            {
+                "TESTING": True,
+                "CHAT_REDIS_URL": redis_url,
+                "CHAT_DATABASE_URL": f"sqlite:///{tmp_path}/chat.db",
+            }
+        )
+    )
 
 
 def login(client, name: str) -> dict:
@@ -95,8 +100,11 @@ def test_transcripts_page(demo: Flask) -> None:
 
     c = demo.test_client()
     data = login(c, "alice")
-    c.post("/chats/send_message", json={"to": "2_User", "message_text": "<for the record>"},
-           headers={"X-CSRF-Token": data["csrf_token"]})
+    c.post(
+        "/chats/send_message",
+        json={"to": "2_User", "message_text": "<for the record>"},
+        headers={"X-CSRF-Token": data["csrf_token"]},
+    )
     with demo.app_context():
         persist_users([1, 2], clear=False)
     page = c.get("/transcripts").get_data(as_text=True)

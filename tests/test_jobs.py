@@ -9,21 +9,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import jobs_app
 import pytest
 import redis
+from conftest import close_chat, make_online
 from flask import Flask
+from helpers import ROOT, TcpProxy, wait_for
 from sqlalchemy import create_engine, func, select
 
-import jobs_app
-from conftest import close_chat, make_online
 from flask_chat.cache import CacheEntry
 from flask_chat.jobs import queue, schedule_sweep
-from flask_chat.models import messages, views
-from helpers import ROOT, TcpProxy, wait_for
+from flask_chat.models import messages
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOBS_APP = os.path.join(HERE, "jobs_app.py")
@@ -31,30 +31,51 @@ JOBS_APP = os.path.join(HERE, "jobs_app.py")
 
 @pytest.fixture
 def env(redis_url: str, database_url: str) -> dict[str, str]:
-    return dict(os.environ, CHAT_REDIS_URL=redis_url, CHAT_DATABASE_URL=database_url,
-                CHAT_DATABASE_AUTO_UPGRADE="true")
+    return dict(
+        os.environ,
+        CHAT_REDIS_URL=redis_url,
+        CHAT_DATABASE_URL=database_url,
+        CHAT_DATABASE_AUTO_UPGRADE="true",
+    )
 
 
 @pytest.fixture
 def app(env: dict[str, str]) -> Iterator[Flask]:
-    application = jobs_app.create_app({"CHAT_REDIS_URL": env["CHAT_REDIS_URL"],
-                                       "CHAT_DATABASE_URL": env["CHAT_DATABASE_URL"],
-                                       "CHAT_DATABASE_AUTO_UPGRADE": True})
+    application = jobs_app.create_app(
+        {
+            "CHAT_REDIS_URL": env["CHAT_REDIS_URL"],
+            "CHAT_DATABASE_URL": env["CHAT_DATABASE_URL"],
+            "CHAT_DATABASE_AUTO_UPGRADE": True,
+        }
+    )
     yield application
     close_chat(application)
 
 
-def flask_chat_cli(env: dict[str, str], *args: str, app: str = JOBS_APP,
-                   timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flask", "--app", app, "chat", *args],
-                          env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def flask_chat_cli(
+    env: dict[str, str], *args: str, app: str = JOBS_APP, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", app, "chat", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def spawn(env: dict[str, str], *args: str, app: str = JOBS_APP) -> subprocess.Popen[str]:
     # Its own process group: a worker's forked work horse is killed with it.
-    return subprocess.Popen([sys.executable, "-m", "flask", "--app", app, "chat", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=ROOT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", app, "chat", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
 
 
 def children(pid: int) -> list[int]:
@@ -106,14 +127,20 @@ def run_worker(env: dict[str, str], app: str = JOBS_APP) -> str:
     return result.stdout + result.stderr
 
 
-def test_logout_runs_persist_then_clear_on_a_real_worker(env: dict[str, str],
-                                                         database_url: str) -> None:
+def test_logout_runs_persist_then_clear_on_a_real_worker(
+    env: dict[str, str], database_url: str
+) -> None:
     """The demo's own logout (Flask-Login) enqueues the job; `flask chat worker` runs it."""
     sys.path.insert(0, os.path.join(ROOT, "examples"))
     import chat_app
 
-    demo = chat_app.create_app({"TESTING": True, "CHAT_REDIS_URL": env["CHAT_REDIS_URL"],
-                                "CHAT_DATABASE_URL": database_url})
+    demo = chat_app.create_app(
+        {
+            "TESTING": True,
+            "CHAT_REDIS_URL": env["CHAT_REDIS_URL"],
+            "CHAT_DATABASE_URL": database_url,
+        }
+    )
     try:
         alice = demo.test_client()
         alice.post("/login", data={"username": "alice"})
@@ -133,8 +160,9 @@ def test_logout_runs_persist_then_clear_on_a_real_worker(env: dict[str, str],
         close_chat(demo)
 
 
-def test_a_user_still_online_elsewhere_is_persisted_not_cleared(app: Flask, env: dict[str, str],
-                                                                 database_url: str) -> None:
+def test_a_user_still_online_elsewhere_is_persisted_not_cleared(
+    app: Flask, env: dict[str, str], database_url: str
+) -> None:
     chat = app.extensions["chat"]
     make_online(app, 1)
     with app.app_context():
@@ -146,8 +174,9 @@ def test_a_user_still_online_elsewhere_is_persisted_not_cleared(app: Flask, env:
     assert sql_count(database_url) == 1
 
 
-def test_the_sweep_clears_only_offline_users(app: Flask, env: dict[str, str],
-                                             database_url: str) -> None:
+def test_the_sweep_clears_only_offline_users(
+    app: Flask, env: dict[str, str], database_url: str
+) -> None:
     chat = app.extensions["chat"]
     make_online(app, 1)
     with app.app_context():
@@ -165,12 +194,15 @@ def test_the_sweep_clears_only_offline_users(app: Flask, env: dict[str, str],
     # The CLI does the same now, with a progress bar and a summary line.
     result = flask_chat_cli(env, "sweep")
     assert result.returncode == 0, result.stderr
-    assert "swept 1 users: 1 messages read, 0 written, 1 already stored; 0 caches cleared, " \
-           "1 kept (online)" in result.stdout
+    assert (
+        "swept 1 users: 1 messages read, 0 written, 1 already stored; 0 caches cleared, "
+        "1 kept (online)" in result.stdout
+    )
 
 
-def test_sends_racing_with_sweeps_lose_nothing(app: Flask, env: dict[str, str],
-                                               database_url: str) -> None:
+def test_sends_racing_with_sweeps_lose_nothing(
+    app: Flask, env: dict[str, str], database_url: str
+) -> None:
     chat = app.extensions["chat"]
     sent: list[str] = []
     errors: list[BaseException] = []
@@ -213,13 +245,19 @@ def fill(app: Flask, users: int, per_user: int) -> int:
         entries = []
         n = 0
         for owner in range(10, 10 + users):
-            for i in range(per_user):
+            for _ in range(per_user):
                 mid = f"{1700000000000 + n:013d}-0000"
                 n += 1
-                entries.append(CacheEntry(owner, f"{owner + 100000 - 10}_User", mid,
-                                          '{"message_text": "x", "type": "sent", "image": null,'
-                                          f' "id": "{mid}", "sender_id": {owner},'
-                                          ' "sent_at": "2023-11-14T22:13:20.000Z"}'))
+                entries.append(
+                    CacheEntry(
+                        owner,
+                        f"{owner + 100000 - 10}_User",
+                        mid,
+                        '{"message_text": "x", "type": "sent", "image": null,'
+                        f' "id": "{mid}", "sender_id": {owner},'
+                        ' "sent_at": "2023-11-14T22:13:20.000Z"}',
+                    )
+                )
                 if len(entries) >= 5000:
                     chat.state.cache.append(entries, score=1)
                     entries = []
@@ -227,8 +265,9 @@ def fill(app: Flask, users: int, per_user: int) -> int:
         return n
 
 
-def test_kill_9_a_worker_mid_job_then_rerun(app: Flask, env: dict[str, str],
-                                            database_url: str) -> None:
+def test_kill_9_a_worker_mid_job_then_rerun(
+    app: Flask, env: dict[str, str], database_url: str
+) -> None:
     total = fill(app, users=1500, per_user=20)
     chat = app.extensions["chat"]
     from rq.registry import StartedJobRegistry
@@ -242,8 +281,12 @@ def test_kill_9_a_worker_mid_job_then_rerun(app: Flask, env: dict[str, str],
         started = StartedJobRegistry(queue=q)
     worker = spawn(env, "worker")
     try:
-        wait_for(lambda: sql_count(database_url) > 0, timeout=120, interval=0.01,
-                 what="the sweep to start writing")
+        wait_for(
+            lambda: sql_count(database_url) > 0,
+            timeout=120,
+            interval=0.01,
+            what="the sweep to start writing",
+        )
     finally:
         kill_9(worker)  # mid-job: the sweep is 30 batches long
     partial = sql_count(database_url)
@@ -273,6 +316,7 @@ def test_the_sweep_registered_from_three_processes_runs_once_per_interval(
 
         conn = redis.Redis.from_url(env["CHAT_REDIS_URL"])
         try:
+
             def runs() -> int:
                 try:
                     return len(Job.fetch(job_id, connection=conn).results())
@@ -298,11 +342,17 @@ def test_a_database_outage_fails_the_job_and_it_retries_without_clearing(
     parts = urlsplit(database_url)
     proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     proxy.up()
-    via_proxy = database_url.replace(parts.netloc, f"{parts.username}:{parts.password}"
-                                     f"@127.0.0.1:{proxy.port}")
+    via_proxy = database_url.replace(
+        parts.netloc, f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
+    )
     env = dict(os.environ, CHAT_REDIS_URL=redis_url, CHAT_DATABASE_URL=via_proxy)
-    app = jobs_app.create_app({"CHAT_REDIS_URL": redis_url, "CHAT_DATABASE_URL": via_proxy,
-                               "CHAT_DATABASE_AUTO_UPGRADE": True})
+    app = jobs_app.create_app(
+        {
+            "CHAT_REDIS_URL": redis_url,
+            "CHAT_DATABASE_URL": via_proxy,
+            "CHAT_DATABASE_AUTO_UPGRADE": True,
+        }
+    )
     chat = app.extensions["chat"]
     worker = None
     try:
@@ -315,14 +365,20 @@ def test_a_database_outage_fails_the_job_and_it_retries_without_clearing(
         worker = spawn(env, "worker")
         from rq.job import JobStatus
 
-        wait_for(lambda: job.get_status(refresh=True) == JobStatus.SCHEDULED, timeout=60,
-                 what="the failed job to be scheduled for a retry")
+        wait_for(
+            lambda: job.get_status(refresh=True) == JobStatus.SCHEDULED,
+            timeout=60,
+            what="the failed job to be scheduled for a retry",
+        )
         with app.app_context():
             assert len(chat.history(1)["2_User"]["messages"]) == 5  # nothing cleared
         assert sql_count(database_url) == 0
         proxy.up()
-        wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, timeout=90,
-                 what="the retry to succeed")
+        wait_for(
+            lambda: job.get_status(refresh=True) == JobStatus.FINISHED,
+            timeout=90,
+            what="the retry to succeed",
+        )
         assert sql_count(database_url) == 5
         with app.app_context():
             assert chat.history(1) == {}

@@ -40,8 +40,12 @@ def test_migrations_use_their_own_version_table(database_url: str) -> None:
         database.upgrade(engine)
         assert database.current_revision(engine) == database.head_revision() == "0001"
         names = set(inspect(engine).get_table_names())
-        assert {"chat_messages", "chat_sessions", "chat_message_views",
-                "flask_chat_alembic_version"} <= names
+        assert {
+            "chat_messages",
+            "chat_sessions",
+            "chat_message_views",
+            "flask_chat_alembic_version",
+        } <= names
         with engine.connect() as conn:
             assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "hostapp1"
         database.downgrade(engine, "base")
@@ -92,8 +96,9 @@ def test_a_message_arriving_during_persist_is_neither_lost_nor_cleared(app: Flas
 def test_trimmed_messages_wait_in_the_spill_until_persisted(
     app_factory: Callable[..., Flask], database_url: str
 ) -> None:
-    app = app_factory(CHAT_DATABASE_URL=database_url, CHAT_DATABASE_AUTO_UPGRADE=True,
-                      CHAT_HISTORY_LIMIT=3)
+    app = app_factory(
+        CHAT_DATABASE_URL=database_url, CHAT_DATABASE_AUTO_UPGRADE=True, CHAT_HISTORY_LIMIT=3
+    )
     chat = app.extensions["chat"]
     with app.app_context():
         ids = [chat.send_message(1, "2_User", str(i)).id for i in range(7)]
@@ -149,7 +154,7 @@ def test_transcripts_by_session_then_conversation(app: Flask, as_user: Login) ->
         a = chat.send_message(1, "2_User", "session one, to bob")
         b = chat.send_message(2, "1_User", "bob answers")
         g = chat.send_message(1, "5_Group", "session one, to the team")
-        chat.state.history.close_session(1, first)
+        chat.state.history.close_session(1, first, chat._now())
         bob_session = chat.login(2)
         second = chat.login(1)
         c = chat.send_message(1, "3_User", "session two, to carol")
@@ -160,11 +165,13 @@ def test_transcripts_by_session_then_conversation(app: Flask, as_user: Login) ->
     assert newest["id"] == second and oldest["id"] == first
     assert oldest["ended_at"] is not None and newest["ended_at"] is None
     assert [(c["conversation"], c["name"]) for c in newest["conversations"]] == [
-        ("3_User", "carol")]
+        ("3_User", "carol")
+    ]
     assert [m["id"] for m in newest["conversations"][0]["messages"]] == [c.id]
-    assert [(x["conversation"], x["type"], x["name"], [m["id"] for m in x["messages"]])
-            for x in oldest["conversations"]] == [
-        ("2_User", "User", "bob", [a.id, b.id]), ("5_Group", "Group", "team", [g.id])]
+    assert [
+        (x["conversation"], x["type"], x["name"], [m["id"] for m in x["messages"]])
+        for x in oldest["conversations"]
+    ] == [("2_User", "User", "bob", [a.id, b.id]), ("5_Group", "Group", "team", [g.id])]
     assert [m["type"] for m in oldest["conversations"][0]["messages"]] == ["sent", "received"]
     # Bob's transcript holds the same messages from his side (his session started later,
     # so the earlier ones belong to no session of his and are not in it).
@@ -179,8 +186,12 @@ def test_sweep_takes_a_bounded_number_of_sql_round_trips(
     app_factory: Callable[..., Flask], database_url: str
 ) -> None:
     """10,000 cached messages of 1,000 users: statements grow with batches, not messages."""
-    app = app_factory(CHAT_DATABASE_URL=database_url, CHAT_DATABASE_AUTO_UPGRADE=True,
-                      CHAT_PERSIST_BATCH_USERS=250, CHAT_PERSISTENCE=False)
+    app = app_factory(
+        CHAT_DATABASE_URL=database_url,
+        CHAT_DATABASE_AUTO_UPGRADE=True,
+        CHAT_PERSIST_BATCH_USERS=250,
+        CHAT_PERSISTENCE=False,
+    )
     chat = app.extensions["chat"]
     from flask_chat.cache import CacheEntry
 
@@ -190,10 +201,16 @@ def test_sweep_takes_a_bounded_number_of_sql_round_trips(
         for n in range(10_000):
             owner = 1 + n % 1000
             mid = f"{1700000000000 + n:013d}-0000"
-            entries.append(CacheEntry(owner, f"{1 + (owner % 999) + 1}_User", mid,
-                                      '{"message_text": "m", "type": "sent", "image": null, '
-                                      f'"id": "{mid}", "sender_id": {owner}, '
-                                      '"sent_at": "2023-11-14T22:13:20.000Z"}'))
+            entries.append(
+                CacheEntry(
+                    owner,
+                    f"{1 + (owner % 999) + 1}_User",
+                    mid,
+                    '{"message_text": "m", "type": "sent", "image": null, '
+                    f'"id": "{mid}", "sender_id": {owner}, '
+                    '"sent_at": "2023-11-14T22:13:20.000Z"}',
+                )
+            )
             if len(entries) == 2000:
                 state.cache.append(entries, score=1)
                 entries = []
@@ -213,16 +230,20 @@ def test_sweep_takes_a_bounded_number_of_sql_round_trips(
     assert count(app, messages) == 10_000
 
 
-def test_flask_sqlalchemy_db_is_used_when_given(redis_url: str, tmp_path: Any,
-                                                 closing: Callable[[Flask], Flask]) -> None:
+def test_flask_sqlalchemy_db_is_used_when_given(
+    redis_url: str, tmp_path: Any, closing: Callable[[Flask], Flask]
+) -> None:
     from flask_sqlalchemy import SQLAlchemy
 
     from flask_chat import Chat
 
     app = closing(Flask(__name__))
-    app.config.update(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/host.db",
-                      CHAT_REDIS_URL=redis_url, CHAT_DATABASE_AUTO_UPGRADE=True,
-                      CHAT_SEND_RATE=0)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/host.db",
+        CHAT_REDIS_URL=redis_url,
+        CHAT_DATABASE_AUTO_UPGRADE=True,
+        CHAT_SEND_RATE=0,
+    )
     db = SQLAlchemy(app)
     chat = Chat(app, db=db)
 
@@ -247,8 +268,11 @@ def test_sessions_start_and_end_with_flask_login(
     sys.path.insert(0, __import__("helpers").ROOT + "/examples")
     import chat_app
 
-    app = closing(chat_app.create_app({"TESTING": True, "CHAT_REDIS_URL": redis_url,
-                                       "CHAT_DATABASE_URL": database_url}))
+    app = closing(
+        chat_app.create_app(
+            {"TESTING": True, "CHAT_REDIS_URL": redis_url, "CHAT_DATABASE_URL": database_url}
+        )
+    )
     c = app.test_client()
     c.post("/login", data={"username": "alice"})
     engine = create_engine(database_url)

@@ -126,14 +126,30 @@ def test_gunicorn_gevent_worker_serves_websockets(redis_url: str) -> None:
     env = dict(os.environ, CHAT_REDIS_URL=redis_url, CHAT_SEND_RATE="0")
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     proc = subprocess.Popen(
-        [gunicorn, "-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}", "--chdir",
-         os.path.join(ROOT, "examples"), "wsgi:app"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            gunicorn,
+            "-k",
+            "gevent",
+            "-w",
+            "1",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--chdir",
+            os.path.join(ROOT, "examples"),
+            "wsgi:app",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     clients: list[Client] = []
     try:
-        wait_for(lambda: port_open(port) or proc.poll() is not None, timeout=30,
-                 what="gunicorn to listen")
+        wait_for(
+            lambda: port_open(port) or proc.poll() is not None,
+            timeout=30,
+            what="gunicorn to listen",
+        )
         assert proc.poll() is None
         for name in ("alice", "bob"):
             client = Client(port, login_cookie(port, name))

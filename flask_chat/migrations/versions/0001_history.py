@@ -45,11 +45,15 @@ def upgrade() -> None:
         sa.Column("direction", sa.String(8), nullable=False),
         sa.Column("session_id", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["message_id"], ["chat_messages.id"], ondelete="CASCADE",
+            ["message_id"],
+            ["chat_messages.id"],
+            ondelete="CASCADE",
             name="fk_chat_message_views_message_id_chat_messages",
         ),
         sa.ForeignKeyConstraint(
-            ["session_id"], ["chat_sessions.id"], ondelete="SET NULL",
+            ["session_id"],
+            ["chat_sessions.id"],
+            ondelete="SET NULL",
             name="fk_chat_message_views_session_id_chat_sessions",
         ),
         sa.PrimaryKeyConstraint("user_id", "message_id", name="pk_chat_message_views"),
