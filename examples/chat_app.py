@@ -18,6 +18,7 @@ from flask import Flask, abort, redirect, render_template, request, url_for
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
 from flask_chat import Chat, GroupInfo, UserInfo
+from flask_chat_bridge import JuggernautBridge
 
 
 class User(UserMixin):
@@ -36,6 +37,7 @@ BY_NAME = {u.name: u for u in USERS.values()}
 GROUPS = {5: GroupInfo(id=5, name="team", members=(1, 2, 3))}
 
 chat = Chat()
+bridge = JuggernautBridge()
 login_manager = LoginManager()
 
 
@@ -60,6 +62,30 @@ def groups_of(user_id: int) -> list[int]:
     return [g.id for g in GROUPS.values() if user_id in g.members]
 
 
+@bridge.channel_authorizer
+def may_subscribe(user_id: int, channel: str) -> bool:
+    """Legacy channels a logged-in user may read: their own, and their groups'."""
+    if channel == f"/chats/user_{user_id}":
+        return True
+    if channel.startswith("/chats/group_") and channel[13:].isdigit():
+        group = GROUPS.get(int(channel[13:]))
+        return group is not None and user_id in group.members
+    return False
+
+
+@bridge.translator_hook
+def legacy_chat(channel: str, message: dict[str, Any]) -> tuple[int, str, str] | None:
+    """The legacy Rails send_message published {"sender_id", "message_text", "image"} to
+    /chats/user_<recipient> and /chats/group_<id>: make those flask-chat messages."""
+    data = message.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("sender_id"), int):
+        return None
+    for prefix, kind in (("/chats/user_", "User"), ("/chats/group_", "Group")):
+        if channel.startswith(prefix) and channel[len(prefix):].isdigit():
+            return data["sender_id"], f"{channel[len(prefix):]}_{kind}", data.get("message_text")
+    return None
+
+
 def _env_settings() -> dict[str, Any]:
     """``SECRET_KEY`` and ``CHAT_*`` from the environment; JSON values are decoded."""
     settings: dict[str, Any] = {}
@@ -79,12 +105,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         CHAT_EMBEDDED_REDIS=True,
         # The demo creates its tables itself; production runs `flask chat db upgrade`.
         CHAT_DATABASE_AUTO_UPGRADE=True,
+        # The Juggernaut bridge: legacy publishes, legacy browsers, the legacy test page.
+        CHAT_JUGGERNAUT_ENABLED=True,
+        CHAT_LEGACY_PUBLIC_CHANNELS=["channel*"],
     )
     app.config.update(_env_settings())
     app.config.update(config or {})
     login_manager.init_app(app)
     login_manager.login_view = "login"
     chat.init_app(app)
+    bridge.init_app(app)
 
     @app.get("/")
     def index() -> Any:

@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "CHAT_SWEEP_INTERVAL": 300,
     "CHAT_PERSIST_BATCH": 500,
     "CHAT_PERSIST_BATCH_USERS": 200,
+    "CHAT_API_TOKEN": None,
 }
 
 
@@ -100,6 +101,7 @@ class ChatConfig:
     sweep_interval: int
     persist_batch: int
     persist_batch_users: int
+    api_token: str | None
 
 
 @dataclass
@@ -235,6 +237,9 @@ class Chat:
             Messages per write-behind batch.
         ``CHAT_PERSIST_BATCH_USERS`` (200)
             Users per sweep batch (one SQL transaction each).
+        ``CHAT_API_TOKEN`` (None)
+            Shared secret for ``POST /chats/api/messages``, the send API for trusted
+            servers (e.g. Rails); None switches that route off.
         """
         if "chat" in app.extensions:
             raise RuntimeError(
@@ -340,6 +345,7 @@ class Chat:
             sweep_interval=_positive_int(c, "CHAT_SWEEP_INTERVAL"),
             persist_batch=_positive_int(c, "CHAT_PERSIST_BATCH"),
             persist_batch_users=_positive_int(c, "CHAT_PERSIST_BATCH_USERS"),
+            api_token=c["CHAT_API_TOKEN"] or None,
         )
 
     @property

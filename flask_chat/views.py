@@ -6,6 +6,7 @@ listed in ``docs/api.md``; a refused request stores nothing.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +42,7 @@ def _chat() -> Chat:
 
 
 #: Routes that answer without a logged-in user.
-_PUBLIC = ("chat.static", "chat.health", "chat.websocket")
+_PUBLIC = ("chat.static", "chat.health", "chat.websocket", "chat.api_send_message")
 
 
 @blueprint.before_request
@@ -119,6 +120,31 @@ def send_message() -> Response:
     to = _require(body, "to")
     text = _require(body, "message_text")
     message = _chat().send_message(g.chat_user_id, to, text)
+    return json_response(message.for_sender(), 201)
+
+
+@blueprint.post("/api/messages")
+def api_send_message() -> Response:
+    """Send as any user, for trusted servers (a Rails app moving off ``Juggernaut.publish``):
+    ``Authorization: Bearer <CHAT_API_TOKEN>``, JSON ``sender_id``, ``to``,
+    ``message_text``. Not a browser route: no session, so no CSRF."""
+    config = _chat().state.config
+    if not config.api_token:
+        raise NotFound("The server send API is not enabled (set CHAT_API_TOKEN).",
+                       code="not_found")
+    request.max_content_length = config.max_request_bytes
+    given = request.headers.get("Authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), config.api_token.encode()
+    ):
+        raise ChatError("A valid 'Authorization: Bearer <token>' header is required.",
+                        code="invalid_token", status=401)
+    body = read_body()
+    sender = _require(body, "sender_id")
+    if isinstance(sender, str) and sender.isdigit():
+        sender = int(sender)
+    message = _chat().send_message(sender, _require(body, "to"), _require(body, "message_text"))
     return json_response(message.for_sender(), 201)
 
 

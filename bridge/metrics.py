@@ -1,0 +1,30 @@
+"""The bridge's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+
+class _BridgeMetrics:
+    def __init__(self) -> None:
+        self.publishes = Counter(
+            "flask_chat_juggernaut_publishes", "Publishes read from the juggernaut channel."
+        )
+        self.dropped = Counter(
+            "flask_chat_juggernaut_dropped",
+            "Publishes on juggernaut dropped as invalid.",
+            ["reason"],
+        )
+        self.deliveries = Counter(
+            "flask_chat_juggernaut_deliveries", "Legacy-channel messages written to clients."
+        )
+        self.refused = Counter(
+            "flask_chat_juggernaut_refused_subscriptions",
+            "Subscriptions to legacy channels the client may not read.",
+        )
+        self.translated = Counter(
+            "flask_chat_juggernaut_translated", "Legacy publishes turned into chat messages."
+        )
+
+
+BRIDGE_METRICS = _BridgeMetrics()

@@ -1,0 +1,168 @@
+"""Delivering ``juggernaut`` publishes to this process's clients, and the events back.
+
+Every instance SUBSCRIBEs to ``juggernaut`` (one channel, through the process's hub) and
+delivers each publish to its own clients subscribed to the listed channels, with
+Juggernaut's semantics: duplicates kept, ``except`` by session id, extra keys passed
+through. Clients are legacy socket.io 0.8 browsers and flask-chat clients alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from flask import Flask
+
+from flask_chat.connection import Connection
+from flask_chat.protocol import ws_frame
+
+from . import protocol
+from .metrics import BRIDGE_METRICS
+from .roster import Roster
+
+if TYPE_CHECKING:
+    from flask_chat.extension import ChatState
+
+    from .extension import JuggernautBridge
+
+log = logging.getLogger("flask_chat_bridge.router")
+
+LEGACY = "juggernaut_legacy"  # Connection.data key: True for socket.io 0.8 clients
+
+
+class LegacyRouter:
+    def __init__(self, bridge: JuggernautBridge, app: Flask, state: ChatState) -> None:
+        self.bridge = bridge
+        self.app = app
+        self.state = state
+        self.roster = Roster(state.redis, state.keys.prefix, state.config.presence_ttl)
+        # channel -> connections, one entry per subscribe (a client that subscribed
+        # twice gets every message twice, as with Juggernaut).
+        self.subscribers: dict[str, list[Connection]] = {}
+
+    # -- subscriptions ---------------------------------------------------------------
+
+    @staticmethod
+    def session(conn: Connection) -> dict[str, Any]:
+        return conn.data.setdefault("juggernaut", {"channels": [], "meta": protocol.NO_META})
+
+    def subscribe(self, conn: Connection, channel: str | None) -> None:
+        name = "undefined" if channel is None else channel
+        self.subscribers.setdefault(name, []).append(conn)
+        session = self.session(conn)
+        session["channels"].append(name)
+        self.roster.save(conn.id, session["channels"], session["meta"])
+        self.publish_event("subscribe", conn, channel=channel)
+
+    def unsubscribe(self, conn: Connection, channel: str) -> None:
+        session = self.session(conn)
+        if channel not in session["channels"]:
+            return  # Juggernaut sends no event for a channel the client was not in
+        session["channels"] = [c for c in session["channels"] if c != channel]
+        self._drop(conn, channel)
+        self.roster.save(conn.id, session["channels"], session["meta"])
+        self.publish_event("unsubscribe", conn, channel=channel)
+
+    def set_meta(self, conn: Connection, meta: Any) -> None:
+        session = self.session(conn)
+        session["meta"] = meta
+        if session["channels"]:
+            self.roster.save(conn.id, session["channels"], meta)
+
+    def custom(self, conn: Connection, data: Any) -> None:
+        self.publish_event("custom", conn, data=data)
+
+    def disconnected(self, conn: Connection) -> None:
+        """One unsubscribe per channel the client was in (a hub close callback)."""
+        session = conn.data.get("juggernaut")
+        if not session:
+            return
+        for channel in dict.fromkeys(session["channels"]):
+            self._drop(conn, channel)
+        if self.state.hub is not None and self.state.hub.draining:
+            return  # the client reconnects elsewhere; the reaper cleans up if not
+        if self.roster.forget(conn.id):
+            for channel in dict.fromkeys(session["channels"]):
+                self._publish(protocol.EVENT_CHANNELS["unsubscribe"], protocol.event_payload(
+                    "unsubscribe", conn.id, session["meta"], channel=channel))
+
+    def _drop(self, conn: Connection, channel: str) -> None:
+        members = self.subscribers.get(channel)
+        if members is None:
+            return
+        members[:] = [c for c in members if c is not conn]
+        if not members:
+            del self.subscribers[channel]
+
+    def publish_event(self, kind: str, conn: Connection, channel: str | None = None,
+                      data: Any = protocol.NO_META) -> None:
+        session = self.session(conn)
+        payload = protocol.event_payload(kind, conn.id, session["meta"], channel=channel,
+                                         data=data)
+        self._publish(protocol.EVENT_CHANNELS[kind], payload)
+
+    def _publish(self, channel: str, payload: str) -> None:
+        self.state.redis.publish(channel, payload)
+
+    # -- periodic work ---------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Renew this process's sessions; publish the unsubscribes of dead instances'."""
+        hub = self.state.hub
+        if hub is not None:
+            self.roster.renew([c.id for c in hub.connections.values() if c.data.get("juggernaut")])
+        for session_id, channels, meta in self.roster.reap():
+            for channel in dict.fromkeys(channels):
+                self._publish(protocol.EVENT_CHANNELS["unsubscribe"], protocol.event_payload(
+                    "unsubscribe", session_id, meta, channel=channel))
+
+    # -- delivery --------------------------------------------------------------------
+
+    def on_publish(self, payload: bytes) -> None:
+        try:
+            publish = protocol.parse_publish(payload)
+        except protocol.InvalidPublish as exc:
+            BRIDGE_METRICS.dropped.labels(str(exc)).inc()
+            log.debug("flask-chat bridge: dropped a juggernaut publish (%s): %.200r", exc, payload)
+            return
+        BRIDGE_METRICS.publishes.inc()
+        mirrored = publish.origin is not None
+        for channel in publish.channels:
+            members = self.subscribers.get(channel)
+            if not members:
+                continue
+            text = protocol.dumps(publish.message_for(channel))
+            legacy_frame = new_frame = b""
+            for conn in tuple(members):
+                if conn.id in publish.exclude:
+                    continue
+                if conn.data.get(LEGACY):
+                    if not legacy_frame:
+                        legacy_frame = ws_frame(protocol.message_frame(text).encode())
+                    conn.write(legacy_frame)
+                elif not mirrored:
+                    # flask-chat clients already got what flask-chat mirrored out.
+                    if not new_frame:
+                        new_frame = ws_frame(
+                            ('{"type":"juggernaut","message":' + text + "}").encode())
+                    conn.write(new_frame)
+            BRIDGE_METRICS.deliveries.inc(len(members))
+        if not mirrored and self.bridge.translator is not None and self.bridge.is_translating:
+            gevent.spawn(self._translate, publish)
+
+    def _translate(self, publish: protocol.Publish) -> None:
+        with self.app.app_context():
+            self.bridge.translate(publish)
+
+
+def subscribe_listener(router: LegacyRouter) -> Callable[[Any], None]:
+    """A hub listener: route ``juggernaut`` through ``router`` once the hub runs."""
+
+    def attach(hub: Any) -> None:
+        hub.handle_channel(protocol.PUBLISH_CHANNEL.encode(), router.on_publish)
+        hub.close_callbacks.append(router.disconnected)
+        hub.heartbeat_callbacks.append(router.heartbeat)
+
+    return attach
