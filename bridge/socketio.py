@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, request, send_from_directory
 from gevent.event import Event
 
 from flask_chat.connection import Connection
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_chat_bridge.socketio")
 
 legacy = Blueprint("juggernaut_legacy", __name__)
+
+_STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 _TRANSPORTS = "websocket"
 
@@ -52,6 +55,12 @@ def _cors(response: Response) -> Response:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Credentials"] = "true"
     return response
+
+
+@legacy.get("/application.js")
+def juggernaut_client() -> Response:
+    """The unchanged Juggernaut browser client, where the Node server served it."""
+    return send_from_directory(_STATIC, "application.js", mimetype="application/javascript")
 
 
 @legacy.get("/socket.io/1/")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 from flask import current_app
 from flask.cli import with_appcontext
@@ -102,14 +104,15 @@ def sweep_now() -> None:
     )
 
 
-def _attach_migrate() -> None:
-    # `flask chat migrate ...` lives in migrations_tools/ (installed as
-    # flask_chat_migrations); attach it when that package provides its commands.
+def _attach(module: str, name: str) -> None:
+    # `flask chat migrate ...` and `flask chat bridge` live in migrations_tools/ and
+    # bridge/ (installed as flask_chat_migrations and flask_chat_bridge).
     try:
-        from flask_chat_migrations.cli import migrate_cli
-    except ImportError:
+        command = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
         return
-    chat_cli.add_command(migrate_cli)
+    chat_cli.add_command(command)
 
 
-_attach_migrate()
+_attach("flask_chat_migrations.cli", "migrate_cli")
+_attach("flask_chat_bridge.cli", "bridge_cli")

@@ -319,6 +319,33 @@
     });
   }
 
+  // -- legacy Juggernaut channels (the host app decides who may read which) ------
+
+  var legacySubs = {};     // channel -> [callbacks]
+  var legacyMeta;          // undefined until set, as with Juggernaut
+
+  function resubscribeLegacy() {
+    if (legacyMeta !== undefined) { wsSend({ type: "meta", data: legacyMeta }); }
+    Object.keys(legacySubs).forEach(function (channel) {
+      wsSend({ type: "subscribe", channel: channel });
+    });
+  }
+
+  api.juggernaut = {
+    // Like Juggernaut's jug.subscribe(channel, cb): cb(data, message) per message.
+    subscribe: function (channel, cb) {
+      var first = !legacySubs[channel];
+      (legacySubs[channel] = legacySubs[channel] || []).push(cb);
+      if (first) { wsSend({ type: "subscribe", channel: channel }); }
+    },
+    unsubscribe: function (channel) {
+      delete legacySubs[channel];
+      wsSend({ type: "unsubscribe", channel: channel });
+    },
+    meta: function (data) { legacyMeta = data; wsSend({ type: "meta", data: data }); },
+    event: function (data) { return wsSend({ type: "event", data: data }); },
+  };
+
   function markRead(key, id) {
     var win = windows[key];
     if (win) { win.unread.textContent = ""; win.lastRead = id; }
@@ -381,7 +408,14 @@
       case "hello":
         attempts = 0;
         connected = true;
+        resubscribeLegacy();
         emit("connection", { connected: true });
+        break;
+      case "juggernaut":
+        (legacySubs[frame.message.channel] || []).forEach(function (cb) {
+          cb(frame.message.data, frame.message);
+        });
+        emit("juggernaut", frame.message);
         break;
       case "message":
         api.receive(keyFor(frame), {
