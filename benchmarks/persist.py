@@ -42,8 +42,12 @@ from flask_chat.models import messages  # noqa: E402
 def reset(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS chat_message_views, chat_sessions, "
-                          "chat_messages, flask_chat_alembic_version CASCADE"))
+        conn.execute(
+            text(
+                "DROP TABLE IF EXISTS chat_message_views, chat_sessions, "
+                "chat_messages, flask_chat_alembic_version CASCADE"
+            )
+        )
     engine.dispose()
 
 
@@ -57,8 +61,14 @@ def sql_count(url: str) -> int:
 
 
 def bench_sweep(redis_url: str, db_url: str, users: int, total: int) -> None:
-    app = jobs_app.create_app({"CHAT_REDIS_URL": redis_url, "CHAT_DATABASE_URL": db_url,
-                               "CHAT_DATABASE_AUTO_UPGRADE": True, "CHAT_PERSISTENCE": False})
+    app = jobs_app.create_app(
+        {
+            "CHAT_REDIS_URL": redis_url,
+            "CHAT_DATABASE_URL": db_url,
+            "CHAT_DATABASE_AUTO_UPGRADE": True,
+            "CHAT_PERSISTENCE": False,
+        }
+    )
     chat = app.extensions["chat"]
     with app.app_context():
         state = chat.state
@@ -68,36 +78,67 @@ def bench_sweep(redis_url: str, db_url: str, users: int, total: int) -> None:
             owner = 1 + n % users
             mid = f"{1700000000000 + n:013d}-0000"
             peer = owner + users
-            entries.append(CacheEntry(owner, f"{peer}_User", mid, json.dumps({
-                "message_text": f"message {n}", "type": "sent", "image": None, "id": mid,
-                "sender_id": owner, "sent_at": "2023-11-14T22:13:20.000Z"})))
+            entries.append(
+                CacheEntry(
+                    owner,
+                    f"{peer}_User",
+                    mid,
+                    json.dumps(
+                        {
+                            "message_text": f"message {n}",
+                            "type": "sent",
+                            "image": None,
+                            "id": mid,
+                            "sender_id": owner,
+                            "sent_at": "2023-11-14T22:13:20.000Z",
+                        }
+                    ),
+                )
+            )
             if len(entries) == 5000:
                 state.cache.append(entries, score=1)
                 entries = []
         state.cache.append(entries, score=1)
         statements = []
         engine = state.history.engine
-        event.listen(engine, "before_cursor_execute",
-                     lambda *a: statements.append(a[2]))
+        event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
         start = time.perf_counter()
         result = sweep()
         elapsed = time.perf_counter() - start
     kind = db_url.split(":", 1)[0]
-    print(f"sweep on {kind}: {result['written']} messages of {result['users']} users persisted "
-          f"and cleared in {elapsed:.2f} s = {result['written'] / elapsed:,.0f} messages/s, "
-          f"{len(statements)} SQL statements")
+    print(
+        f"sweep on {kind}: {result['written']} messages of {result['users']} users persisted "
+        f"and cleared in {elapsed:.2f} s = {result['written'] / elapsed:,.0f} messages/s, "
+        f"{len(statements)} SQL statements"
+    )
 
 
 def bench_lag(redis_url: str, db_url: str, rate: int, seconds: float) -> None:
-    app = jobs_app.create_app({"CHAT_REDIS_URL": redis_url, "CHAT_DATABASE_URL": db_url,
-                               "CHAT_DATABASE_AUTO_UPGRADE": True})
+    app = jobs_app.create_app(
+        {
+            "CHAT_REDIS_URL": redis_url,
+            "CHAT_DATABASE_URL": db_url,
+            "CHAT_DATABASE_AUTO_UPGRADE": True,
+        }
+    )
     chat = app.extensions["chat"]
     with app.app_context():
         chat.state.redis.flushdb()
     env = dict(os.environ, CHAT_REDIS_URL=redis_url, CHAT_DATABASE_URL=db_url)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", os.path.join(ROOT, "tests", "jobs_app.py"),
-         "chat", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            os.path.join(ROOT, "tests", "jobs_app.py"),
+            "chat",
+            "worker",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     sent_at: list[float] = []
     seen_at: list[float] = []
     done = threading.Event()
@@ -143,9 +184,11 @@ def bench_lag(redis_url: str, db_url: str, rate: int, seconds: float) -> None:
     # is the k-th message sent, to within one batch.
     lags = sorted((b - a) * 1000 for a, b in zip(sent_at, seen_at, strict=False))
     kind = db_url.split(":", 1)[0]
-    print(f"write-behind lag on {kind} at {rate} msgs/s for {seconds:.0f} s: "
-          f"median {statistics.median(lags):.0f} ms, p99 {lags[int(len(lags) * 0.99) - 1]:.0f} ms, "
-          f"max {lags[-1]:.0f} ms ({len(seen_at)} of {len(sent_at)} messages in SQL)")
+    print(
+        f"write-behind lag on {kind} at {rate} msgs/s for {seconds:.0f} s: "
+        f"median {statistics.median(lags):.0f} ms, p99 {lags[int(len(lags) * 0.99) - 1]:.0f} ms, "
+        f"max {lags[-1]:.0f} ms ({len(seen_at)} of {len(sent_at)} messages in SQL)"
+    )
 
 
 def main() -> None:
