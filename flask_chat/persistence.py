@@ -136,8 +136,12 @@ class HistoryStore:
                     }
                 )
             for i in range(0, len(rows), self.CHUNK):
-                outcome = conn.execute(self._insert(views), rows[i : i + self.CHUNK])
-                result.views_written += max(outcome.rowcount or 0, 0)
+                # RETURNING counts what was inserted: psycopg reports no rowcount for
+                # executemany, and conflicting rows return nothing.
+                outcome = conn.execute(
+                    self._insert(views).returning(views.c.user_id), rows[i : i + self.CHUNK]
+                )
+                result.views_written += len(outcome.all())
         return result
 
     @staticmethod
