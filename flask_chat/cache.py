@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from .conversations import ConversationKey
 from .keys import Keys
-from .scripts import Scripts
+from .scripts import Scripts, queue
 
 History = dict[str, dict[str, Any]]
 
@@ -90,42 +91,34 @@ class ChatCache:
         per entry, how many old messages were trimmed off the window (or -1 where the
         id was already cached), and the queue's length after the push.
         """
-        pipe = self.client.pipeline(transaction=False)
-        users: set[int] = set()
-        count = 0
-        for entry in entries:
-            keys = entry.keys
-            if keys is None:
-                assert entry.user_id is not None
-                keys = self.keys.conversation_keys(entry.user_id, entry.conversation)
-            self.scripts.append(
-                keys=keys,
-                args=[
-                    entry.conversation,
-                    entry.message_id,
-                    entry.body,
-                    self.history_limit,
-                    score,
-                    self.retention,
-                    1 if entry.user_id is not None else 0,
-                ],
-                client=pipe,
-            )
-            if entry.user_id is not None:
-                users.add(entry.user_id)
-            count += 1
-        if not count:
+        entries = list(entries)
+        users = {e.user_id for e in entries if e.user_id is not None}
+        if not entries:
             return [], None
-        # After the appends, so a concurrent clear() can never leave a user with a
-        # cache outside the set (clear removes from the set before it removes data).
-        if users:
-            pipe.sadd(self.keys.cached_users(), *users)
-        if persist is not None:
-            pipe.rpush(self.keys.persist_queue(), persist)
-            pipe.ltrim(self.keys.persist_queue(), -persist_max, -1)
-        for channel, payload in publish:
-            pipe.publish(channel, payload)
-        results = pipe.execute()
+
+        def build(pipe: Pipeline) -> None:
+            for entry in entries:
+                keys = entry.keys
+                if keys is None:
+                    assert entry.user_id is not None
+                    keys = self.keys.conversation_keys(entry.user_id, entry.conversation)
+                flag = 1 if entry.user_id is not None else 0
+                queue(pipe, self.scripts.append, keys, [
+                    entry.conversation, entry.message_id, entry.body, self.history_limit,
+                    score, self.retention, flag,
+                ])
+            # After the appends, so a concurrent clear() can never leave a user with a
+            # cache outside the set (clear removes from the set before it removes data).
+            if users:
+                pipe.sadd(self.keys.cached_users(), *users)
+            if persist is not None:
+                pipe.rpush(self.keys.persist_queue(), persist)
+                pipe.ltrim(self.keys.persist_queue(), -persist_max, -1)
+            for channel, payload in publish:
+                pipe.publish(channel, payload)
+
+        results = self.scripts.run(self.client, build)
+        count = len(entries)
         queued = int(results[count + (1 if users else 0)]) if persist is not None else None
         return [int(r) for r in results[:count]], queued
 
@@ -192,20 +185,17 @@ class ChatCache:
 
     def remove(self, user_id: int, ids_by_conversation: dict[str, list[str]]) -> int:
         """Remove exactly these message ids; returns how many were removed."""
-        pipe = self.client.pipeline(transaction=False)
-        calls = 0
-        for conversation, ids in ids_by_conversation.items():
-            if not ids:
-                continue
-            self.scripts.remove(
-                keys=self.keys.conversation_keys(user_id, conversation),
-                args=[conversation, self.retention, *ids],
-                client=pipe,
-            )
-            calls += 1
-        if not calls:
+        todo = {conv: ids for conv, ids in ids_by_conversation.items() if ids}
+        if not todo:
             return 0
-        return sum(int(n) for n in pipe.execute())
+
+        def build(pipe: Pipeline) -> None:
+            for conversation, ids in todo.items():
+                queue(pipe, self.scripts.remove,
+                      self.keys.conversation_keys(user_id, conversation),
+                      [conversation, self.retention, *ids])
+
+        return sum(int(n) for n in self.scripts.run(self.client, build))
 
     def clear(self, user_id: int) -> tuple[History, int]:
         """Clear the user's cache; returns what was cleared and how many messages.

@@ -32,9 +32,15 @@ def conversation_channels(state: ChatState, user_id: int, to: ConversationKey) -
     return [state.keys.user_channel(to.id), state.keys.user_channel(user_id)]
 
 
-def presence(chat: Chat, state: ChatState, user_id: int, online: bool) -> None:
+def presence(
+    chat: Chat,
+    state: ChatState,
+    user_id: int,
+    online: bool,
+    audience: tuple[list[int], list[int]] | None = None,
+) -> None:
     """Announce that ``user_id`` came online or went offline to those who can see them."""
-    users, groups = chat.presence_audience(user_id)
+    users, groups = audience or chat.presence_audience(user_id)
     channels = [state.keys.group_channel(g) for g in groups]
     channels += [state.keys.user_channel(u) for u in users if u != user_id]
     if channels:

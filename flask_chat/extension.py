@@ -44,6 +44,7 @@ F = TypeVar("F")
 #: Every setting, with its default. ``init_app`` documents each one.
 DEFAULTS: dict[str, Any] = {
     "CHAT_REDIS_URL": None,
+    "CHAT_REDIS_MAX_CONNECTIONS": 64,
     "CHAT_EMBEDDED_REDIS": None,
     "CHAT_URL_PREFIX": "/chats",
     "CHAT_KEY_PREFIX": "chat",
@@ -183,6 +184,8 @@ class Chat:
         ``CHAT_REDIS_URL`` (None)
             Redis for the cache, presence and pub/sub. Required unless the embedded
             server is on.
+        ``CHAT_REDIS_MAX_CONNECTIONS`` (64)
+            Redis connections per process; greenlets beyond it wait for one.
         ``CHAT_EMBEDDED_REDIS`` (None)
             Start a bundled ``redis-server`` when ``CHAT_REDIS_URL`` is unset. None means
             "in debug mode only". Needs ``flask-chat[embedded]``.
@@ -249,7 +252,16 @@ class Chat:
         for name, value in DEFAULTS.items():
             app.config.setdefault(name, self._options.get(name, value))
         config = self._read_config(app)
-        client = redis.Redis.from_url(config.redis_url, decode_responses=True)
+        # A blocking pool: under load, greenlets wait for a connection (up to the
+        # timeout) instead of failing once CHAT_REDIS_MAX_CONNECTIONS are in use.
+        client = redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                config.redis_url,
+                decode_responses=True,
+                max_connections=app.config["CHAT_REDIS_MAX_CONNECTIONS"],
+                timeout=10,
+            )
+        )
         keys = Keys(config.key_prefix)
         scripts = Scripts.register(client)
         if config.database_url:

@@ -2,7 +2,8 @@
 
 This is the one send path: ``POST /chats/send_message``, :meth:`flask_chat.Chat.send_message`,
 the websocket ``send`` frame and the bridge all come through :func:`send`. It costs two
-Redis round trips: (rate limit, id, who is online) and (every append, then the publishes).
+Redis round trips: (rate limit, id, who is online) and (the appends, then the publishes);
+a group message adds a third, after the publish, for its online members' caches.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from redis.client import Pipeline
+
 from . import protocol
 from .cache import CacheEntry
 from .conversations import ConversationKey, valid_user_id
 from .errors import ChatError, Forbidden, NotFound, ValidationError
 from .ids import format_id, id_time, iso_utc
 from .metrics import METRICS
+from .scripts import queue
 
 if TYPE_CHECKING:
     from .directory import GroupInfo
@@ -132,17 +136,18 @@ def send(
     keys = state.keys
 
     # Round trip 1: the rate limit, the id, and (for a group) who is online.
-    pipe = state.redis.pipeline(transaction=False)
     config = state.config
-    if config.send_rate:
-        state.scripts.rate_limit(
-            keys=[keys.rate(sender_id)], args=[config.send_rate, config.send_burst], client=pipe
-        )
-    state.scripts.next_id(keys=[keys.ids()], client=pipe)
     members = [m for m in group.members if m != sender_id] if group else []
-    if members:
-        pipe.zmscore(keys.online(), [str(m) for m in members])
-    results = pipe.execute()
+
+    def first(pipe: Pipeline) -> None:
+        if config.send_rate:
+            queue(pipe, state.scripts.rate_limit, [keys.rate(sender_id)],
+                  [config.send_rate, config.send_burst])
+        queue(pipe, state.scripts.next_id, [keys.ids()], [])
+        if members:
+            pipe.zmscore(keys.online(), [str(m) for m in members])
+
+    results = state.scripts.run(state.redis, first)
     if config.send_rate and not results.pop(0):
         raise RateLimited(
             f"Too many messages: at most {config.send_rate:g} a second.", field="message_text"
@@ -200,15 +205,17 @@ def send(
                 keys=keys.group_conversation_keys(group.id),
             )
         )
-        entries.extend(
-            CacheEntry(uid, str(conversation), message_id, received) for uid in recipients
-        )
         channels = [keys.group_channel(group.id)]
+    # Online members' caches get it too (the legacy rule), after the publish: a big
+    # group costs one script call per member, and nobody should wait for those.
+    later = [CacheEntry(uid, str(conversation), message_id, received) for uid in recipients
+             if group is not None]
     persist = None
     if config.persistence:
         # Write-behind: the message and who holds it go to SQL soon, in batches.
         owners = [(sender_id, str(conversation), "sent")]
-        owners += [(e.user_id, e.conversation, "received") for e in entries[1:] if e.user_id]
+        owners += [(e.user_id, e.conversation, "received") for e in entries[1:] + later
+                   if e.user_id]
         persist = json.dumps({"m": json.loads(event), "v": owners}).encode()
     _, queued = state.cache.append(
         entries,
@@ -216,6 +223,8 @@ def send(
         publish=[(c, event) for c in channels],
         persist=persist,
     )
+    if later:
+        state.cache.append(later, score=int(sent.timestamp() * 1000))
     if queued == 1:
         # The queue was empty, so no drain job is pending: start one.
         from .jobs import enqueue_drain

@@ -7,10 +7,14 @@ with an automatic EVAL fallback after a server restart).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import redis
+from redis.client import Pipeline
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 #: Allocate the next message id. KEYS: [ids hash]. Returns {ms, seq}.
 #: Guarantee: ids come out strictly increasing across every process that shares the
@@ -135,6 +139,34 @@ class Scripts:
     remove: Script
     rate_limit: Script
 
+    def load(self, client: redis.Redis) -> None:
+        """SCRIPT LOAD every script (after a Redis restart or SCRIPT FLUSH)."""
+        for f in fields(self):
+            client.script_load(getattr(self, f.name).script)
+
+    def run(
+        self, client: redis.Redis, build: Callable[[Pipeline], None], transaction: bool = False
+    ) -> list[Any]:
+        """Build and execute a pipeline that queues scripts with :func:`queue`.
+
+        redis-py checks ``SCRIPT EXISTS`` before every pipeline holding a registered
+        script: an extra round trip on every send. Queued as plain EVALSHA instead, a
+        missing script fails the pipeline with NOSCRIPT, and then the scripts are loaded
+        and the pipeline runs again — every write in it is idempotent (appends are keyed
+        by message id; a second publish of an event is dropped by clients, which keep
+        message ids).
+        """
+        for attempt in (1, 2):
+            pipe = client.pipeline(transaction=transaction)
+            build(pipe)
+            try:
+                return list(pipe.execute())
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                self.load(client)
+        raise AssertionError("unreachable")
+
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
         return cls(
@@ -143,3 +175,8 @@ class Scripts:
             remove=client.register_script(REMOVE),
             rate_limit=client.register_script(RATE_LIMIT),
         )
+
+
+def queue(pipe: Pipeline, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    """Queue one script call on a pipeline run by :meth:`Scripts.run`."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)

@@ -112,9 +112,15 @@ def get_hub(chat: Chat, state: ChatState) -> Hub:
     return state.hub
 
 
-def announce_presence(chat: Chat, state: ChatState, user_id: int, online: bool) -> None:
+def announce_presence(
+    chat: Chat,
+    state: ChatState,
+    user_id: int,
+    online: bool,
+    audience: tuple[list[int], list[int]] | None = None,
+) -> None:
     METRICS.presence_changes.labels("online" if online else "offline").inc()
-    delivery.presence(chat, state, user_id, online)
+    delivery.presence(chat, state, user_id, online, audience)
 
 
 @blueprint.route("/ws", websocket=True)
@@ -169,15 +175,22 @@ def websocket() -> Response:
     )
     conn.data["groups"] = group_ids
     hub.add(conn, [hub.user_channel(user_id)] + [hub.group_channel(g) for g in group_ids])
-    conn.write(protocol.ws_frame(protocol.hello(user_id, conn.id, config.ping_interval)))
-    conn.start()
-    if state.presence.connect(user_id, conn.id):
-        announce_presence(chat, state, user_id, True)
-    snapshot = _online_snapshot(chat, state, user_id)
-    conn.write(protocol.ws_frame(protocol.online_snapshot(snapshot)))
-    after = request.args.get("after")
-    if after:
-        _catch_up(state, conn, after)
+    try:
+        conn.write(protocol.ws_frame(protocol.hello(user_id, conn.id, config.ping_interval)))
+        conn.start()
+        audience = chat.presence_audience(user_id)
+        if state.presence.connect(user_id, conn.id):
+            announce_presence(chat, state, user_id, True, audience)
+        snapshot = _online_snapshot(chat, state, user_id, audience)
+        conn.write(protocol.ws_frame(protocol.online_snapshot(snapshot)))
+        after = request.args.get("after")
+        if after:
+            _catch_up(state, conn, after)
+    except Exception:
+        # The socket is already upgraded, so no HTTP error can be sent: cut it (the
+        # client reconnects) and leave the hub as it was.
+        conn.abort()
+        raise
 
     return hand_over(done)
 
@@ -218,8 +231,13 @@ def _disconnected(app: Flask, chat: Chat, state: ChatState, user_id: int, conn_i
             log.exception("flask-chat: presence update failed for user %s", user_id)
 
 
-def _online_snapshot(chat: Chat, state: ChatState, user_id: int) -> list[int]:
-    users, groups = chat.presence_audience(user_id)
+def _online_snapshot(
+    chat: Chat,
+    state: ChatState,
+    user_id: int,
+    audience: tuple[list[int], list[int]] | None = None,
+) -> list[int]:
+    users, groups = audience or chat.presence_audience(user_id)
     candidates = dict.fromkeys(users)
     for gid in groups:
         group = chat.get_group(gid)
