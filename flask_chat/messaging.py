@@ -224,7 +224,10 @@ def send(
         persist=persist,
     )
     if later:
-        state.cache.append(later, score=int(sent.timestamp() * 1000))
+        state.cache.append_to_many(
+            [e.user_id for e in later if e.user_id is not None],
+            str(conversation), message_id, received, int(sent.timestamp() * 1000),
+        )
     if queued == 1:
         # The queue was empty, so no drain job is pending: start one.
         from .jobs import enqueue_drain

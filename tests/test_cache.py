@@ -221,3 +221,22 @@ def test_every_key_uses_the_prefix(
     # RQ keeps its own keys under "rq:" (the write-behind drain job); ours all carry the prefix.
     ours = [k for k in r.keys() if not k.startswith("rq:")]
     assert ours and all(k.startswith(prefix + ":") for k in ours)
+
+
+def test_sends_survive_a_script_flush(app: Flask, r: redis.Redis) -> None:
+    """Scripts run as plain EVALSHA; after SCRIPT FLUSH (or a Redis restart) they are
+    loaded again and the send goes through, once."""
+    from conftest import make_online
+
+    make_online(app, 2, 3)
+    chat = chat_of(app)
+    with app.app_context():
+        chat.send_message(1, "2_User", "before")
+        r.script_flush()
+        chat.send_message(1, "2_User", "after a flush")
+        r.script_flush()
+        chat.send_message(1, "5_Group", "group after a flush")
+        assert [m["message_text"] for m in chat.history(2)["1_User"]["messages"]] == [
+            "before", "after a flush"]
+        assert [m["message_text"] for m in chat.history(3)["5_Group"]["messages"]] == [
+            "group after a flush"]
