@@ -45,17 +45,14 @@ def bridge_cli(seconds: float | None) -> None:
     def reap() -> None:
         while not stop.is_set():
             for session_id, channels, meta in roster.reap():
-                for channel in dict.fromkeys(channels):
-                    state.redis.publish(
-                        protocol.EVENT_CHANNELS["unsubscribe"],
-                        protocol.event_payload("unsubscribe", session_id, meta, channel=channel),
-                    )
+                for payload in protocol.unsubscribe_payloads(session_id, channels, meta):
+                    state.redis.publish(protocol.EVENT_CHANNELS["unsubscribe"], payload)
             stop.wait(state.config.presence_ttl / 3)
 
     threads = [threading.Thread(target=f, daemon=True) for f in (elect, reap)]
     for thread in threads:
         thread.start()
-    pubsub = state.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub = state.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(protocol.PUBLISH_CHANNEL)
     click.echo("flask-chat bridge: listening on juggernaut")
     deadline = time.monotonic() + seconds if seconds else None

@@ -140,7 +140,9 @@ class JuggernautBridge:
             return False
         if self._authorizer is not None:
             return bool(self._authorizer(user_id, channel))
-        patterns = [p.replace("{user_id}", str(user_id)) for p in config["CHAT_JUGGERNAUT_CHANNELS"]]
+        patterns = [
+            p.replace("{user_id}", str(user_id)) for p in config["CHAT_JUGGERNAUT_CHANNELS"]
+        ]
         return any(fnmatch.fnmatchcase(channel, p) for p in patterns)
 
     # -- native clients' frames ----------------------------------------------------
@@ -148,10 +150,19 @@ class JuggernautBridge:
     def _native_frame(self, conn: Connection, frame: dict[str, Any]) -> None:
         from .socketio import handle_message
 
+        kind = frame["type"]
         channel = frame.get("channel")
-        if frame["type"] in ("subscribe", "unsubscribe") and not isinstance(channel, str):
-            raise ValidationError("'channel' must be a string.", code="invalid_field",
-                                  field="channel")
+        if kind in ("subscribe", "unsubscribe"):
+            if not isinstance(channel, str):
+                raise ValidationError("'channel' must be a string.", code="invalid_field",
+                                      field="channel")
+            frame = {"type": kind, "channel": channel}  # no ``channels`` to override it
+        elif "data" in frame:
+            try:
+                protocol.dumps(frame["data"])  # what the event will carry must be JSON
+            except (ValueError, RecursionError):
+                raise ValidationError("'data' must be JSON (no NaN or Infinity).",
+                                      code="invalid_field", field="data") from None
         if not handle_message(self, conn, frame, conn.user_id or None):
             raise Forbidden(f"You may not subscribe to {channel!r}.", code="forbidden_channel",
                             field="channel")

@@ -5,6 +5,9 @@ frames. The reference is ``docs/juggernaut-protocol.md`` (the legacy contract)."
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +26,68 @@ ORIGIN_KEY = "_flask_chat"
 NO_META: Any = object()
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def dumps(obj: Any) -> str:
-    # JSON.stringify's output: compact, non-ASCII raw, "/" not escaped.
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    """JSON.stringify's output: compact, non-ASCII raw, "/" not escaped, and a lone
+    surrogate (valid in a JSON string, not in UTF-8) escaped as ``\\udxxx`` as Node does,
+    so the text can always be encoded. NaN and infinities raise ValueError: they are not
+    JSON (:func:`loads` never produces them)."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if not text.isascii() and _LONE_SURROGATE.search(text):
+        text = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _js_float(text: str) -> float | None:
+    # JSON.parse reads 1e400 as Infinity, which JSON.stringify writes as null.
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _js_int(text: str) -> int | None:
+    # The same for an integer too big for a double (and Python's int() has a digit limit).
+    if len(text) > 308 and math.isinf(float(text)):
+        return None
+    return int(text)
+
+
+def loads(raw: bytes | str) -> Any:
+    """JSON.parse as Node's Juggernaut ran it: bytes are UTF-8 (invalid sequences become
+    U+FFFD, as in node redis), a BOM or NaN/Infinity is an error, numbers too big for a
+    double become null. Raises ValueError (RecursionError for absurd nesting)."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else raw
+    return json.loads(text, parse_constant=_not_json, parse_float=_js_float, parse_int=_js_int)
+
+
+def js_truthy(value: Any) -> bool:
+    """JavaScript truthiness of a JSON value: [] and {} are true, "" and 0 are false."""
+    if value is None or value is False or value == "":
+        return False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value != 0
+    return True
+
+
+def js_channels(doc: dict[str, Any]) -> list[Any]:
+    """``Array.makeArray(message.channels || message.channel)``, as Juggernaut reads the
+    channels of a publish and of a client's subscribe: a string is one channel, an array
+    is copied, anything else (a number, an object) is no channel."""
+    value = doc.get("channels")
+    if not js_truthy(value):
+        value = doc.get("channel")
+    if not js_truthy(value):
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return list(value)
+    return []
 
 
 @dataclass(frozen=True)
@@ -53,20 +115,15 @@ class InvalidPublish(ValueError):
 def parse_publish(raw: bytes | str) -> Publish:
     """Parse a ``juggernaut`` publish with the Node server's exact semantics."""
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        doc = loads(raw)
+    except ValueError:
         raise InvalidPublish("not JSON") from None
+    except RecursionError:
+        raise InvalidPublish("nested too deep") from None
     if not isinstance(doc, dict):
         raise InvalidPublish("not a JSON object")
-    channels = doc.get("channels")
-    if not channels:
-        channels = doc.get("channel")
-    if isinstance(channels, str):
-        names = [channels]
-    elif isinstance(channels, list):
-        names = [c for c in channels if isinstance(c, str)]
-    else:
-        names = []  # a number, boolean or object counts as no channels
+    # Channels that are not strings (Node would use String(value)) are left out.
+    names = [c for c in js_channels(doc) if isinstance(c, str)]
     exclude: frozenset[str]
     raw_except = doc.get("except")
     if isinstance(raw_except, str):
@@ -95,6 +152,26 @@ def event_payload(kind: str, session_id: str, meta: Any, channel: str | None = N
     if kind == "custom" and data is not NO_META:
         body["data"] = data
     return dumps(body)
+
+
+def channel_key(channel: str | None) -> str:
+    """The channel a subscribe without a channel (None) joins: Juggernaut's "undefined"."""
+    return "undefined" if channel is None else channel
+
+
+def distinct_channels(channels: Iterable[str | None]) -> list[str | None]:
+    """One name per channel, in the order first subscribed (a client that subscribed
+    twice gets a single unsubscribe)."""
+    seen: dict[str, str | None] = {}
+    for channel in channels:
+        seen.setdefault(channel_key(channel), channel)
+    return list(seen.values())
+
+
+def unsubscribe_payloads(session_id: str, channels: Iterable[str | None], meta: Any) -> list[str]:
+    """The ``juggernaut:unsubscribe`` payloads of a session that ended: one per channel."""
+    return [event_payload("unsubscribe", session_id, meta, channel=channel)
+            for channel in distinct_channels(channels)]
 
 
 # -- socket.io 0.8 (protocol 1) -------------------------------------------------------

@@ -29,7 +29,7 @@ class Roster:
         return f"{self.prefix}:jug:session:{session_id}"
 
     def save(self, session_id: str, channels: list[str], meta: Any) -> None:
-        fields = {"channels": json.dumps(channels)}
+        fields: dict[Any, Any] = {"channels": json.dumps(channels)}
         if meta is not protocol.NO_META:
             fields["meta"] = json.dumps(meta)
         pipe = self.client.pipeline(transaction=False)

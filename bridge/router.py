@@ -9,7 +9,7 @@ through. Clients are legacy socket.io 0.8 browsers and flask-chat clients alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -46,24 +46,33 @@ class LegacyRouter:
 
     @staticmethod
     def session(conn: Connection) -> dict[str, Any]:
-        return conn.data.setdefault("juggernaut", {"channels": [], "meta": protocol.NO_META})
+        # "channels": the names the client subscribed to, in order, one per subscribe;
+        # None for a subscribe without a channel (Juggernaut's channel "undefined", whose
+        # events have no channel key).
+        session: dict[str, Any] = conn.data.setdefault(
+            "juggernaut", {"channels": [], "meta": protocol.NO_META}
+        )
+        return session
+
+    key = staticmethod(protocol.channel_key)
 
     def subscribe(self, conn: Connection, channel: str | None) -> None:
-        name = "undefined" if channel is None else channel
-        self.subscribers.setdefault(name, []).append(conn)
+        self.subscribers.setdefault(self.key(channel), []).append(conn)
         session = self.session(conn)
-        session["channels"].append(name)
+        session["channels"].append(channel)
         self.roster.save(conn.id, session["channels"], session["meta"])
         self.publish_event("subscribe", conn, channel=channel)
 
-    def unsubscribe(self, conn: Connection, channel: str) -> None:
+    def unsubscribe(self, conn: Connection, channel: str | None) -> None:
         session = self.session(conn)
-        if channel not in session["channels"]:
+        key = self.key(channel)
+        names = [c for c in session["channels"] if self.key(c) == key]
+        if not names:
             return  # Juggernaut sends no event for a channel the client was not in
-        session["channels"] = [c for c in session["channels"] if c != channel]
-        self._drop(conn, channel)
+        session["channels"] = [c for c in session["channels"] if self.key(c) != key]
+        self._drop(conn, key)
         self.roster.save(conn.id, session["channels"], session["meta"])
-        self.publish_event("unsubscribe", conn, channel=channel)
+        self.publish_event("unsubscribe", conn, channel=names[0])
 
     def set_meta(self, conn: Connection, meta: Any) -> None:
         session = self.session(conn)
@@ -75,18 +84,32 @@ class LegacyRouter:
         self.publish_event("custom", conn, data=data)
 
     def disconnected(self, conn: Connection) -> None:
-        """One unsubscribe per channel the client was in (a hub close callback)."""
+        """One unsubscribe per channel the client was in (a hub close callback).
+
+        Close callbacks run in the event loop (from the socket's watcher), where nothing
+        may block: the Redis work goes to a greenlet of its own."""
         session = conn.data.get("juggernaut")
         if not session:
             return
-        for channel in dict.fromkeys(session["channels"]):
-            self._drop(conn, channel)
+        channels = protocol.distinct_channels(session["channels"])
+        for channel in channels:
+            self._drop(conn, self.key(channel))
         if self.state.hub is not None and self.state.hub.draining:
             return  # the client reconnects elsewhere; the reaper cleans up if not
-        if self.roster.forget(conn.id):
-            for channel in dict.fromkeys(session["channels"]):
-                self._publish(protocol.EVENT_CHANNELS["unsubscribe"], protocol.event_payload(
-                    "unsubscribe", conn.id, session["meta"], channel=channel))
+        gevent.spawn(self._forget, conn.id, channels, session["meta"])
+
+    def _forget(self, session_id: str, channels: list[str | None], meta: Any) -> None:
+        try:
+            if self.roster.forget(session_id):
+                self._publish_unsubscribes(session_id, channels, meta)
+        except Exception:
+            # The roster entry expires and the reaper publishes the unsubscribes then.
+            log.warning("flask-chat bridge: could not end session %s", session_id, exc_info=True)
+
+    def _publish_unsubscribes(self, session_id: str, channels: Iterable[str | None],
+                              meta: Any) -> None:
+        for payload in protocol.unsubscribe_payloads(session_id, channels, meta):
+            self._publish(protocol.EVENT_CHANNELS["unsubscribe"], payload)
 
     def _drop(self, conn: Connection, channel: str) -> None:
         members = self.subscribers.get(channel)
@@ -114,9 +137,7 @@ class LegacyRouter:
         if hub is not None:
             self.roster.renew([c.id for c in hub.connections.values() if c.data.get("juggernaut")])
         for session_id, channels, meta in self.roster.reap():
-            for channel in dict.fromkeys(channels):
-                self._publish(protocol.EVENT_CHANNELS["unsubscribe"], protocol.event_payload(
-                    "unsubscribe", session_id, meta, channel=channel))
+            self._publish_unsubscribes(session_id, channels, meta)
 
     # -- delivery --------------------------------------------------------------------
 
@@ -129,11 +150,16 @@ class LegacyRouter:
             return
         BRIDGE_METRICS.publishes.inc()
         mirrored = publish.origin is not None
+        written = 0
         for channel in publish.channels:
             members = self.subscribers.get(channel)
             if not members:
                 continue
-            text = protocol.dumps(publish.message_for(channel))
+            try:
+                text = protocol.dumps(publish.message_for(channel))
+            except (ValueError, RecursionError):
+                BRIDGE_METRICS.dropped.labels("not encodable").inc()
+                return
             legacy_frame = new_frame = b""
             for conn in tuple(members):
                 if conn.id in publish.exclude:
@@ -148,7 +174,11 @@ class LegacyRouter:
                         new_frame = ws_frame(
                             ('{"type":"juggernaut","message":' + text + "}").encode())
                     conn.write(new_frame)
-            BRIDGE_METRICS.deliveries.inc(len(members))
+                else:
+                    continue
+                written += 1
+        if written:
+            BRIDGE_METRICS.deliveries.inc(written)
         if not mirrored and self.bridge.translator is not None and self.bridge.is_translating:
             gevent.spawn(self._translate, publish)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, request, send_from_directory
 from gevent.event import Event
 
+from flask_chat import protocol as chat_protocol
 from flask_chat.connection import Connection
 from flask_chat.errors import ConfigurationError
 from flask_chat.protocol import ws_frame
@@ -37,6 +38,22 @@ legacy = Blueprint("juggernaut_legacy", __name__)
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 _TRANSPORTS = "websocket"
+
+_NATIVE_RECONNECT = ws_frame(chat_protocol.reconnect())
+
+
+class LegacyConnection(Connection):
+    """A socket.io 0.8 browser's connection. The one flask-chat frame written to every
+    connection, the reconnect notice of an instance that drains (SIGTERM), means nothing
+    to socket.io: it would misread it as a packet for an endpoint "undefined". The close
+    that follows is what tells it to reconnect, as when Node went away."""
+
+    __slots__ = ()
+
+    def write(self, frame: bytes) -> None:
+        if frame == _NATIVE_RECONNECT:
+            return
+        super().write(frame)
 
 
 def _bridge() -> JuggernautBridge:
@@ -113,7 +130,7 @@ def websocket(sid: str) -> Response:
         hub.remove(conn)
         done.set()
 
-    conn = Connection(
+    conn = LegacyConnection(
         raw, 0, sid, on_text, on_close,
         max_message=state.config.max_ws_message, max_backlog=state.config.max_ws_queue,
     )
@@ -142,8 +159,8 @@ def handle_frame(bridge: JuggernautBridge, conn: Connection, text: str) -> None:
         return  # heartbeats (2) only prove the client alive; json (4) and events (5)
         # were ignored by Juggernaut too
     try:
-        message = json.loads(data)
-    except ValueError:
+        message = protocol.loads(data)  # JSON.parse: NaN and the like are refused
+    except (ValueError, RecursionError):
         BRIDGE_METRICS.dropped.labels("bad client message").inc()
         return
     if not isinstance(message, dict):
@@ -159,16 +176,16 @@ def handle_message(bridge: JuggernautBridge, conn: Connection, message: dict[str
     assert router is not None
     kind = message.get("type")
     if kind in ("subscribe", "unsubscribe"):
-        channel = message.get("channel")
-        if channel is None and isinstance(message.get("channels"), list) and message["channels"]:
-            channel = message["channels"][0]
+        # Juggernaut's getChannel(): the first of ``channels || channel``; none at all is
+        # the channel "undefined" (whose events have no channel key).
+        channels = protocol.js_channels(message)
+        channel = channels[0] if channels else None
         if channel is not None and not isinstance(channel, str):
-            channel = json.dumps(channel)
+            channel = _js_string(channel)
         if kind == "unsubscribe":
-            if channel is not None:
-                router.unsubscribe(conn, channel)
+            router.unsubscribe(conn, channel)
             return True
-        if not bridge.may_subscribe(user_id, channel or "undefined"):
+        if not bridge.may_subscribe(user_id, router.key(channel)):
             BRIDGE_METRICS.refused.inc()
             log.info("flask-chat bridge: refused %s a subscription to %r", conn.id, channel)
             return False
@@ -180,3 +197,19 @@ def handle_message(bridge: JuggernautBridge, conn: Connection, message: dict[str
     else:
         log.debug("flask-chat bridge: unknown message type %r from %s", kind, conn.id)
     return True
+
+
+def _js_string(value: Any) -> str:
+    """String(value) for a JSON value that is not a string (a channel sent as a number)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    if isinstance(value, list):
+        return ",".join("" if v is None else v if isinstance(v, str) else _js_string(v)
+                        for v in value)
+    if isinstance(value, dict):
+        return "[object Object]"
+    return str(value)
