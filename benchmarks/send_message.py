@@ -18,6 +18,7 @@ import re
 import socket
 import statistics
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -62,7 +63,13 @@ def report(label: str, samples: list[float], wall: float) -> None:
 def bench_http(redis_url: str, requests: int, to: str) -> None:
     port = free_port()
     env = dict(
-        os.environ, CHAT_REDIS_URL=redis_url, PORT=str(port), QUIET="1", CHAT_HISTORY_LIMIT="100000"
+        os.environ,
+        CHAT_REDIS_URL=redis_url,
+        PORT=str(port),
+        QUIET="1",
+        CHAT_HISTORY_LIMIT="100000",
+        CHAT_SEND_RATE="0",  # the per-user rate limit would refuse a benchmark's sends
+        CHAT_DATABASE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='flask-chat-bench-')}/chat.db",
     )
     server = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "examples", "serve.py")],
@@ -119,7 +126,14 @@ def bench_http(redis_url: str, requests: int, to: str) -> None:
 def bench_api(redis_url: str, requests: int, to: str) -> None:
     from chat_app import create_app
 
-    app = create_app({"CHAT_REDIS_URL": redis_url, "CHAT_HISTORY_LIMIT": 100000})
+    app = create_app(
+        {
+            "CHAT_REDIS_URL": redis_url,
+            "CHAT_HISTORY_LIMIT": 100000,
+            "CHAT_SEND_RATE": 0,
+            "CHAT_DATABASE_URL": f"sqlite:///{tempfile.mkdtemp(prefix='flask-chat-bench-')}/chat.db",
+        }
+    )
     chat = app.extensions["chat"]
     with app.app_context():
         samples = []
