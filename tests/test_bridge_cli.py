@@ -10,7 +10,6 @@ import sys
 from typing import Any
 
 import redis
-
 from conftest import close_chat
 from helpers import ROOT, wait_for
 
