@@ -11,6 +11,9 @@ This module does not monkey-patch; ``chat_server.py`` (the entry point) does.
 
 from __future__ import annotations
 
+import json
+import os
+
 from typing import Any
 
 from flask import Flask, request
@@ -31,6 +34,13 @@ def create_app(redis_url: str, group_size: int = 1000, **extra: Any) -> Flask:
         CHAT_CSRF_ENABLED=False,  # HTTP clients say who they are with X-Bench-User
         CHAT_METRICS_PATH=None,
     )
+    # CHAT_* settings from the environment too, e.g. CHAT_GROUP_MEMBER_CACHES=false.
+    for name, raw in os.environ.items():
+        if name.startswith("CHAT_") and name != "CHAT_REDIS_URL":
+            try:
+                app.config[name] = json.loads(raw)
+            except ValueError:
+                app.config[name] = raw
     app.config.update(extra)
     chat = Chat()
     group = GroupInfo(id=FANOUT_GROUP, name="everyone", members=tuple(range(1, group_size + 1)))

@@ -171,23 +171,39 @@ class ChatCache:
     def conversation_ids(self, user_id: int) -> list[str]:
         return [str(c) for c in self.client.zrange(self.keys.conversations(user_id), 0, -1)]
 
-    def export(self, user_id: int) -> History:
-        """The user's whole cache in the seed layout, conversations in order of first use."""
+    def export(self, user_id: int, group_ids: Iterable[int] = ()) -> History:
+        """The user's whole cache in the seed layout, conversations in order of first use.
+
+        ``group_ids``: groups whose shared store is merged in (when members' caches hold
+        no copies of group messages: ``CHAT_GROUP_MEMBER_CACHES = False``).
+        """
         conversations = self.conversation_ids(user_id)
-        if not conversations:
-            return {}
-        pipe = self.client.pipeline(transaction=True)
-        for conversation in conversations:
-            pipe.hgetall(self.keys.message_bodies(user_id, conversation))
         history: History = {}
-        for conversation, bodies in zip(conversations, pipe.execute(), strict=True):
-            if not bodies:
-                continue
-            kind = ConversationKey.parse(conversation).kind
-            history[conversation] = {
-                "type": kind,
-                "messages": [json.loads(bodies[mid]) for mid in sorted(bodies)],
-            }
+        if conversations:
+            pipe = self.client.pipeline(transaction=True)
+            for conversation in conversations:
+                pipe.hgetall(self.keys.message_bodies(user_id, conversation))
+            for conversation, bodies in zip(conversations, pipe.execute(), strict=True):
+                if not bodies:
+                    continue
+                kind = ConversationKey.parse(conversation).kind
+                history[conversation] = {
+                    "type": kind,
+                    "messages": [json.loads(bodies[mid]) for mid in sorted(bodies)],
+                }
+        groups = list(group_ids)
+        if groups:
+            pipe = self.client.pipeline(transaction=False)
+            for gid in groups:
+                pipe.hgetall(self.keys.group_bodies(gid))
+            for gid, bodies in zip(groups, pipe.execute(), strict=True):
+                if not bodies:
+                    continue
+                key = f"{gid}_Group"
+                merged = {m["id"]: m for m in history.get(key, {"messages": []})["messages"]}
+                for mid, body in bodies.items():
+                    merged.setdefault(mid, entry_from_event(json.loads(body), user_id))
+                history[key] = {"type": "Group", "messages": [merged[i] for i in sorted(merged)]}
         return history
 
     def page(

@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "CHAT_PERSIST_BATCH": 500,
     "CHAT_PERSIST_BATCH_USERS": 200,
     "CHAT_API_TOKEN": None,
+    "CHAT_GROUP_MEMBER_CACHES": True,
 }
 
 
@@ -103,6 +104,7 @@ class ChatConfig:
     persist_batch: int
     persist_batch_users: int
     api_token: str | None
+    group_member_caches: bool
 
 
 @dataclass
@@ -240,6 +242,10 @@ class Chat:
             Messages per write-behind batch.
         ``CHAT_PERSIST_BATCH_USERS`` (200)
             Users per sweep batch (one SQL transaction each).
+        ``CHAT_GROUP_MEMBER_CACHES`` (True)
+            Copy each group message into every online member's cache (the legacy
+            rule). False: members read group conversations from the group's shared
+            store (one write per message instead of one per member: big groups).
         ``CHAT_API_TOKEN`` (None)
             Shared secret for ``POST /chats/api/messages``, the send API for trusted
             servers (e.g. Rails); None switches that route off.
@@ -358,6 +364,7 @@ class Chat:
             persist_batch=_positive_int(c, "CHAT_PERSIST_BATCH"),
             persist_batch_users=_positive_int(c, "CHAT_PERSIST_BATCH_USERS"),
             api_token=c["CHAT_API_TOKEN"] or None,
+            group_member_caches=bool(c["CHAT_GROUP_MEMBER_CACHES"]),
         )
 
     @property
@@ -471,7 +478,9 @@ class Chat:
 
     def history(self, user_id: int) -> dict[str, Any]:
         """The user's chat cache in the legacy layout (what ``GET /chats/history`` returns)."""
-        return self.state.cache.export(user_id)
+        state = self.state
+        groups = () if state.config.group_member_caches else self.user_group_ids(user_id)
+        return state.cache.export(user_id, groups)
 
     def clear_cache(self, user_id: int) -> int:
         """Clear one user's cache; returns how many messages were removed."""

@@ -210,6 +210,7 @@ def send(
     # group costs one script call per member, and nobody should wait for those.
     later = [CacheEntry(uid, str(conversation), message_id, received) for uid in recipients
              if group is not None]
+    copies = later if config.group_member_caches else []
     persist = None
     if config.persistence:
         # Write-behind: the message and who holds it go to SQL soon, in batches.
@@ -223,9 +224,9 @@ def send(
         publish=[(c, event) for c in channels],
         persist=persist,
     )
-    if later:
+    if copies:
         state.cache.append_to_many(
-            [e.user_id for e in later if e.user_id is not None],
+            [e.user_id for e in copies if e.user_id is not None],
             str(conversation), message_id, received, int(sent.timestamp() * 1000),
         )
     if queued == 1:

@@ -307,7 +307,8 @@ def collect(state: ChatState, user_ids: Iterable[int]) -> Collected:
     window: dict[int, dict[str, list[str]]] = {}
     spill: dict[int, list[str]] = {}
     for uid in user_ids:
-        history = state.cache.export(uid)
+        groups = () if state.config.group_member_caches else _group_ids(uid)
+        history = state.cache.export(uid, groups)
         window[uid] = {}
         for conversation, data in history.items():
             for entry in data["messages"]:
@@ -318,6 +319,12 @@ def collect(state: ChatState, user_ids: Iterable[int]) -> Collected:
             batch.add_entry(uid, name.split("|", 1)[0], entry)
         spill[uid] = list(spilled)
     return Collected(batch, window, spill)
+
+
+def _group_ids(user_id: int) -> list[int]:
+    from flask import current_app
+
+    return current_app.extensions["chat"].user_group_ids(user_id)  # type: ignore[no-any-return]
 
 
 def decode_queue_records(raw: Iterable[bytes | str]) -> Batch:

@@ -24,7 +24,7 @@ def bootstrap_data(chat: Chat, user_id: int) -> dict[str, Any]:
     """Everything ``chat.js`` needs to rebuild the chat windows on page load."""
     state = chat.state
     me = chat.get_user(user_id)
-    history = state.cache.export(user_id)
+    history = chat.history(user_id)
     windows = state.windows.get(user_id)
 
     # Names and images of everyone the windows show: 1:1 peers and group members.

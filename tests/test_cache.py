@@ -240,3 +240,32 @@ def test_sends_survive_a_script_flush(app: Flask, r: redis.Redis) -> None:
             "before", "after a flush"]
         assert [m["message_text"] for m in chat.history(3)["5_Group"]["messages"]] == [
             "group after a flush"]
+
+
+def test_without_member_copies_groups_are_read_from_their_store(
+    app_factory: Callable[..., Flask], r: redis.Redis
+) -> None:
+    """CHAT_GROUP_MEMBER_CACHES = False: one write per group message, not one per member;
+    members' histories show the group's recent messages from its shared store."""
+    from conftest import make_online
+
+    app = app_factory(CHAT_GROUP_MEMBER_CACHES=False)
+    make_online(app, 2, 3)
+    chat = chat_of(app)
+    with app.app_context():
+        first = chat.send_message(1, "5_Group", "hello team")
+        second = chat.send_message(3, "5_Group", "hi")
+        assert not [k for k in r.keys() if k.startswith(("chat:{u:2}:msg", "chat:{u:2}:idx"))]
+        for user, types in ((1, ["sent", "received"]), (2, ["received", "received"]),
+                            (3, ["received", "sent"])):
+            group = chat.history(user)["5_Group"]
+            assert group["type"] == "Group"
+            assert [m["id"] for m in group["messages"]] == [first.id, second.id]
+            assert [m["type"] for m in group["messages"]] == types
+        # Who was online when it was sent is still recorded for SQL (write-behind).
+        from flask_chat.jobs import drain_write_behind
+
+        drain_write_behind()
+        page = chat.state.history.conversation_page(2, __import__(
+            "flask_chat.conversations", fromlist=["x"]).ConversationKey.group(5), None, 10)
+        assert [m["id"] for m in page] == [second.id, first.id]
