@@ -20,7 +20,6 @@ import argparse
 import os
 import resource
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -32,11 +31,12 @@ from sqlalchemy import text
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from flask_chat_migrations.legacy_import import ImportSettings, LegacyImporter  # noqa: E402
+from flask_chat_migrations.sources import KeyTemplate, RedisSource  # noqa: E402
+
 from flask_chat import database  # noqa: E402
 from flask_chat.embedded import RedisServer  # noqa: E402
 from flask_chat.persistence import HistoryStore  # noqa: E402
-from flask_chat_migrations.legacy_import import ImportSettings, LegacyImporter  # noqa: E402
-from flask_chat_migrations.sources import KeyTemplate, RedisSource  # noqa: E402
 
 GROUP_SIZE = 10
 PER_CHAT = 10

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, abort, redirect, render_template, request, url_for
+from flask_chat_bridge import JuggernautBridge
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
 from flask_chat import Chat, GroupInfo, UserInfo
-from flask_chat_bridge import JuggernautBridge
 
 
 class User(UserMixin):
