@@ -73,3 +73,21 @@ def membership(
     for uid in removed:
         pipe.publish(state.keys.user_channel(uid), protocol.membership(group_id, False))
     pipe.execute()
+
+
+def online_snapshot(
+    chat: Chat,
+    state: ChatState,
+    user_id: int,
+    audience: tuple[list[int], list[int]] | None = None,
+) -> list[int]:
+    """Who of the people ``user_id`` can see is online now (for ``online`` frames and
+    ``GET /chats/online_users``)."""
+    users, groups = audience or chat.presence_audience(user_id)
+    candidates = dict.fromkeys(users)
+    for gid in groups:
+        group = chat.get_group(gid)
+        if group is not None:
+            candidates.update(dict.fromkeys(group.members))
+    candidates.pop(user_id, None)
+    return state.presence.online_ids(candidates)

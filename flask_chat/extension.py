@@ -451,11 +451,14 @@ class Chat:
     def has_permission_handler(self) -> bool:
         return self._permission_handler is not None
 
-    def can_message(self, sender_id: int, to: ConversationKey) -> bool:
+    def can_message(
+        self, sender_id: int, to: ConversationKey, group: GroupInfo | None = None
+    ) -> bool:
+        """May ``sender_id`` write to ``to``? ``group``: the group, if already looked up."""
         if self._permission_handler is not None:
             return bool(self._permission_handler(sender_id, to))
         if to.is_group:
-            group = self.get_group(to.id)
+            group = group if group is not None else self.get_group(to.id)
             return group is not None and sender_id in group.members
         return True
 

@@ -109,7 +109,7 @@ def check_target(chat: Chat, sender_id: int, to: ConversationKey) -> GroupInfo |
     group = chat.get_group(to.id)
     if group is None:
         raise NotFound(f"There is no group {to.id}.", code="unknown_recipient", field="to")
-    if not chat.can_message(sender_id, to):
+    if not chat.can_message(sender_id, to, group):
         if chat.has_permission_handler:
             raise Forbidden(f"You may not message group {to.id}.", field="to")
         raise Forbidden(f"You are not a member of group {to.id}.", code="not_a_member", field="to")

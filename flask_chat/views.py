@@ -230,8 +230,6 @@ def transcripts() -> Response:
 def online_users() -> Response:
     """The online users the current user can see (shares a group or a conversation)."""
     chat = _chat()
-    from .websocket import _online_snapshot
-
     page_size = chat.state.config.page_size
     limit = _int_arg("limit", page_size, page_size * 4)
     offset = request.args.get("offset", "0")
@@ -239,7 +237,7 @@ def online_users() -> Response:
         raise ValidationError(
             "'offset' must be a whole number.", code="invalid_parameter", field="offset"
         )
-    ids = sorted(_online_snapshot(chat, chat.state, g.chat_user_id))
+    ids = sorted(delivery.online_snapshot(chat, chat.state, g.chat_user_id))
     start = int(offset)
     users = []
     for uid in ids[start : start + limit]:

@@ -181,7 +181,7 @@ def websocket() -> Response:
         audience = chat.presence_audience(user_id)
         if state.presence.connect(user_id, conn.id):
             announce_presence(chat, state, user_id, True, audience)
-        snapshot = _online_snapshot(chat, state, user_id, audience)
+        snapshot = delivery.online_snapshot(chat, state, user_id, audience)
         conn.write(protocol.ws_frame(protocol.online_snapshot(snapshot)))
         after = request.args.get("after")
         if after:
@@ -229,22 +229,6 @@ def _disconnected(app: Flask, chat: Chat, state: ChatState, user_id: int, conn_i
                 announce_presence(chat, state, user_id, False)
         except Exception:
             log.exception("flask-chat: presence update failed for user %s", user_id)
-
-
-def _online_snapshot(
-    chat: Chat,
-    state: ChatState,
-    user_id: int,
-    audience: tuple[list[int], list[int]] | None = None,
-) -> list[int]:
-    users, groups = audience or chat.presence_audience(user_id)
-    candidates = dict.fromkeys(users)
-    for gid in groups:
-        group = chat.get_group(gid)
-        if group is not None:
-            candidates.update(dict.fromkeys(group.members))
-    candidates.pop(user_id, None)
-    return state.presence.online_ids(candidates)
 
 
 def _catch_up(state: ChatState, conn: Connection, after: str) -> None:
