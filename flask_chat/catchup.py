@@ -18,6 +18,7 @@ from . import protocol
 from .ids import id_time, is_valid_id
 
 if TYPE_CHECKING:
+    from .connection import Connection
     from .extension import ChatState
 
 
@@ -75,3 +76,25 @@ def missed(
                     user_id, source, json.loads(body)
                 )
     return True, [events[i] for i in sorted(events)]
+
+
+def replay(state: ChatState, conn: Connection, after: str, held: bool = False) -> None:
+    """Write what ``conn`` missed after ``after``, then the ``catchup`` frame, then the
+    live frames that arrived meanwhile (held back so the order stays: replay first).
+
+    ``held``: the caller already called ``conn.hold()`` (before joining the hub's
+    channels, so nothing published after the replay's read can slip between the two).
+    """
+    if not held:
+        conn.hold()
+    replayed: set[str] = set()
+    try:
+        recovered, events = missed(state, conn.user_id, conn.data["groups"], after)
+        for event in events:
+            conn.write(protocol.ws_frame(event))
+            message_id = protocol.payload_message_id(event)
+            if message_id is not None:
+                replayed.add(message_id)
+        conn.write(protocol.ws_frame(protocol.catchup_done(recovered, len(events))))
+    finally:
+        conn.release(replayed)

@@ -13,10 +13,11 @@ and corrupts the stream; see its issue 45).
 from __future__ import annotations
 
 import logging
+import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import gevent
@@ -62,6 +63,7 @@ class Connection:
         "on_close",
         "max_message",
         "max_backlog",
+        "max_fragments",
         "last_seen",
         "closed",
         "_closing",
@@ -73,6 +75,8 @@ class Connection:
         "_handler",
         "_backlog",
         "_backlog_bytes",
+        "_held",
+        "_held_depth",
         "_reader",
         "_writer",
         "__weakref__",
@@ -87,6 +91,7 @@ class Connection:
         on_close: Callable[[Connection], None],
         max_message: int,
         max_backlog: int,
+        max_fragments: int = 64,
     ) -> None:
         self.sock = sock  # a plain (unpatched) non-blocking socket
         self.fd = sock.fileno()
@@ -98,6 +103,7 @@ class Connection:
         self.on_close = on_close
         self.max_message = max_message
         self.max_backlog = max_backlog
+        self.max_fragments = max_fragments
         self.last_seen = time.monotonic()
         self.closed = False
         self._closing = False
@@ -109,6 +115,8 @@ class Connection:
         self._handler: gevent.Greenlet | None = None
         self._backlog: deque[memoryview] | None = None
         self._backlog_bytes = 0
+        self._held: list[bytes] | None = None
+        self._held_depth = 0
         loop = get_hub().loop
         self._reader = loop.io(self.fd, _EVENT_READ)
         self._writer: Any = None
@@ -140,6 +148,33 @@ class Connection:
 
     def send_text(self, payload: bytes) -> None:
         self.write(protocol.ws_frame(payload))
+
+    # -- live frames and catch-up --------------------------------------------------
+
+    def deliver(self, frame: bytes) -> None:
+        """Write a live frame from the hub, unless a catch-up holds live frames back."""
+        if self._held is None:
+            self.write(frame)
+        else:
+            self._held.append(frame)
+
+    def hold(self) -> None:
+        """Hold live frames back (until :meth:`release`) while a catch-up is written, so
+        that the client sees the replay first and then what came live meanwhile."""
+        self._held_depth += 1
+        if self._held is None:
+            self._held = []
+
+    def release(self, replayed: Collection[str] = ()) -> None:
+        """Write the live frames held back, but for messages the replay already carried."""
+        self._held_depth -= 1
+        if self._held_depth > 0 or self._held is None:
+            return
+        held, self._held = self._held, None
+        for frame in held:
+            if replayed and protocol.frame_message_id(frame) in replayed:
+                continue
+            self.write(frame)
 
     def _queue(self, chunk: memoryview) -> None:
         if self._backlog is None:
@@ -274,6 +309,10 @@ class Connection:
                 raise ProtocolViolation(protocol.CLOSE_PROTOCOL_ERROR, "unknown opcode")
             self._parts_op = opcode
         if not fin:
+            # The byte limit alone lets empty continuation frames grow the list without
+            # bound; browsers never fragment a chat frame this finely.
+            if len(self._parts) >= self.max_fragments:
+                raise ProtocolViolation(protocol.CLOSE_TOO_BIG, "too many fragments")
             self._parts.append(payload)
             self._parts_len += len(payload)
             return
@@ -344,10 +383,17 @@ class Connection:
             timer.stop()
         self._backlog = None
         self._inbox = None
+        # shutdown() acts on the connection, not on this descriptor: the peer sees the
+        # end at once even if another descriptor of the socket (the server's, before
+        # the websocket took it over) is still open somewhere.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # best effort: the peer may be gone already (ENOTCONN)
         try:
             self.sock.close()
         except OSError:
-            pass  # closing is best effort: the peer may be gone already
+            pass  # closing is best effort too
         try:
             self.on_close(self)
         except Exception:

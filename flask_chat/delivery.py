@@ -75,6 +75,18 @@ def membership(
     pipe.execute()
 
 
+def logout(state: ChatState, user_id: int) -> None:
+    """Refuse every websocket token issued to ``user_id`` so far and close their live
+    connections on every instance (each hub closes its own on the ``logout`` event)."""
+    key = state.keys.token_generation(user_id)
+    pipe = state.redis.pipeline(transaction=False)
+    pipe.incr(key)
+    # Tokens older than this are refused by their age anyway; after it, the key may go.
+    pipe.expire(key, state.config.token_max_age + 60)
+    pipe.publish(state.keys.user_channel(user_id), protocol.LOGOUT)
+    pipe.execute()
+
+
 def online_snapshot(
     chat: Chat,
     state: ChatState,

@@ -72,3 +72,15 @@ class ConfigurationError(ChatError, RuntimeError):
 
     code = "configuration_error"
     status = 500
+
+
+class Unavailable(ChatError):
+    """A service flask-chat needs (Redis, the database) cannot be reached right now.
+    Nothing was stored; the client may retry (sends: with the same idempotency key)."""
+
+    code = "unavailable"
+    status = 503
+
+    def __init__(self, message: str = "The chat service is unavailable; try again soon.",
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)

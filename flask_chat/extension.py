@@ -61,6 +61,10 @@ DEFAULTS: dict[str, Any] = {
     "CHAT_WS_TOKEN_MAX_AGE": 3600,
     "CHAT_WS_MAX_MESSAGE_BYTES": 64 * 1024,
     "CHAT_WS_MAX_QUEUE_BYTES": 1024 * 1024,
+    "CHAT_WS_MAX_FRAGMENTS": 64,
+    "CHAT_WS_FRAME_RATE": 20.0,
+    "CHAT_WS_FRAME_BURST": 60,
+    "CHAT_WS_MAX_CONNECTIONS_PER_USER": 32,
     "CHAT_CATCHUP_RETENTION": 3600,
     "CHAT_CATCHUP_LIMIT": 1000,
     "CHAT_METRICS_PATH": "/metrics",
@@ -95,6 +99,10 @@ class ChatConfig:
     token_max_age: int
     max_ws_message: int
     max_ws_queue: int
+    max_ws_fragments: int
+    frame_rate: float
+    frame_burst: int
+    max_user_connections: int
     catchup_retention: int
     catchup_limit: int
     metrics_path: str | None
@@ -222,6 +230,15 @@ class Chat:
         ``CHAT_WS_MAX_QUEUE_BYTES`` (1048576)
             Bytes a connection may have waiting to be written before it is dropped as a
             slow client (close 1008); it reconnects and catches up.
+        ``CHAT_WS_MAX_FRAGMENTS`` (64)
+            Most frames one client websocket message may be split into (more: 1009).
+        ``CHAT_WS_FRAME_RATE`` (20.0), ``CHAT_WS_FRAME_BURST`` (60)
+            Per-connection limit on the frames that are not sends (typing, read,
+            window, catchup, ping, the bridge's): frames a second, and how many may come
+            at once. Over it: an error frame ``rate_limited``. 0 switches it off.
+        ``CHAT_WS_MAX_CONNECTIONS_PER_USER`` (32)
+            Live websockets one user may hold across every instance (more: 429
+            ``too_many_connections`` before the handshake).
         ``CHAT_CATCHUP_RETENTION`` (3600)
             Seconds a reconnecting client can catch up over (older: ``recovered: false``).
         ``CHAT_CATCHUP_LIMIT`` (1000)
@@ -296,9 +313,10 @@ class Chat:
 
         from . import websocket  # noqa: F401  (registers /ws on the blueprint)
         from .templating import chat_bootstrap
-        from .views import blueprint, metrics_view
+        from .views import blueprint, metrics_view, register_routing_errors
 
         app.register_blueprint(blueprint, url_prefix=config.url_prefix)
+        register_routing_errors(app)
         app.add_template_global(chat_bootstrap, "chat_bootstrap")
         if config.metrics_path:
             app.add_url_rule(config.metrics_path, "chat_metrics", metrics_view)
@@ -354,6 +372,10 @@ class Chat:
             token_max_age=_positive_int(c, "CHAT_WS_TOKEN_MAX_AGE"),
             max_ws_message=_positive_int(c, "CHAT_WS_MAX_MESSAGE_BYTES"),
             max_ws_queue=_positive_int(c, "CHAT_WS_MAX_QUEUE_BYTES"),
+            max_ws_fragments=_positive_int(c, "CHAT_WS_MAX_FRAGMENTS"),
+            frame_rate=_number(c, "CHAT_WS_FRAME_RATE"),
+            frame_burst=_positive_int(c, "CHAT_WS_FRAME_BURST"),
+            max_user_connections=_positive_int(c, "CHAT_WS_MAX_CONNECTIONS_PER_USER"),
             catchup_retention=_positive_int(c, "CHAT_CATCHUP_RETENTION"),
             catchup_limit=_positive_int(c, "CHAT_CATCHUP_LIMIT"),
             metrics_path=c["CHAT_METRICS_PATH"] or None,
@@ -530,10 +552,17 @@ class Chat:
 
     def logout(self, user_id: int) -> Any:
         """End the chat session and enqueue persist-then-clear of the user's cache
-        (called for you on Flask-Login's ``user_logged_out``). A user still connected
-        elsewhere keeps their cache: it is persisted, not cleared."""
+        (called for you on Flask-Login's ``user_logged_out``). Every websocket token
+        issued to the user so far is refused from now on, and their live connections
+        are closed (code 4401) on every instance. A user still connected elsewhere when
+        the job runs keeps their cache: it is persisted, not cleared."""
+        from .delivery import logout
         from .jobs import enqueue_persist
 
+        # First of all: websocket tokens issued so far stop working and the user's live
+        # connections close, on every instance (the legacy logout cleared the user's
+        # chat for all their browsers too).
+        logout(self.state, user_id)
         session_id = flask_session.pop(_SESSION_KEY, None) if has_request_context() else None
         self.state.history.close_session(user_id, session_id, self._now())
         return enqueue_persist(self.state, user_id, clear=True)

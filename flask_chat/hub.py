@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import gevent
 
-from . import protocol
+from . import catchup, protocol
 from .connection import PING_FRAME, Connection
+from .ids import format_id
 from .metrics import METRICS
 from .pubsub import Subscriber
 
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_chat.hub")
 
 _MEMBERSHIP_PREFIX = b'{"type":"membership"'
+_ID_START = len(protocol.MESSAGE_PREFIX)
+_ID_END = _ID_START + 18
+
+#: Seconds replayed before the subscriber's disconnect when no message had been seen yet
+#: (clocks of this host and of Redis may differ a little; clients drop duplicates).
+RESYNC_MARGIN = 5.0
 
 
 class Hub:
@@ -45,6 +52,9 @@ class Hub:
         self.connections: dict[str, Connection] = {}
         self.by_user: dict[int, set[Connection]] = {}
         self.draining = False
+        #: The highest message id this hub has received: after a resubscribe, every
+        #: connection catches up from here (ids are in publish order).
+        self.last_id = b""
         self._greenlets: list[gevent.Greenlet] = []
         #: Channels whose events go to a handler instead of to sockets (the bridge's
         #: ``juggernaut``), and callbacks run when a connection ends or each heartbeat.
@@ -141,29 +151,71 @@ class Hub:
         if handler is not None:
             handler(payload)
             return
+        if payload.startswith(protocol.MESSAGE_PREFIX):
+            message_id = payload[_ID_START:_ID_END]
+            if message_id > self.last_id:
+                self.last_id = message_id
         members = self.channels.get(channel)
         if not members:
             return
         if payload.startswith(_MEMBERSHIP_PREFIX):
             self._membership(channel, payload)
+        elif payload == protocol.LOGOUT:
+            self._logout(members, protocol.ws_frame(payload))
+            return
         frame = protocol.ws_frame(payload)
         for conn in tuple(members):
-            conn.write(frame)
+            conn.deliver(frame)
         METRICS.deliveries.inc(len(members))
 
     def _membership(self, channel: bytes, payload: bytes) -> None:
         import json
 
         event = json.loads(payload)
-        group = self.group_channel(int(event["group_id"]))
+        group_id = int(event["group_id"])
+        group = self.group_channel(group_id)
         for conn in tuple(self.channels.get(channel, ())):
+            # The connection's groups also decide what a catch-up replays.
+            groups: list[int] = conn.data.setdefault("groups", [])
             if event["member"]:
                 self.join(conn, [group])
+                if group_id not in groups:
+                    groups.append(group_id)
             else:
                 self.leave(conn, [group])
+                if group_id in groups:
+                    groups.remove(group_id)
+
+    def _logout(self, members: set[Connection], frame: bytes) -> None:
+        for conn in tuple(members):
+            if conn.user_id:
+                conn.write(frame)
+                conn.close(protocol.CLOSE_LOGGED_OUT, "logged out")
 
     def _on_reconnect(self) -> None:
+        """The subscriber is back and subscribed again: whatever was published while it
+        was away reached no local socket, so every connection catches up, unasked."""
         METRICS.hub_reconnects.inc()
+        if self.last_id:
+            position = self.last_id.decode()
+        else:
+            lost = self.subscriber.disconnected_at or time.time()
+            position = format_id(int((lost - RESYNC_MARGIN) * 1000), 0)
+        self._greenlets.append(gevent.spawn(self._resync, position))
+
+    def _resync(self, position: str) -> None:
+        conns = [c for c in self.connections.values() if c.user_id and not c.closed]
+        for start in range(0, len(conns), self.SLICE):
+            for conn in conns[start : start + self.SLICE]:
+                if conn.closed:
+                    continue
+                try:
+                    catchup.replay(self.state, conn, position)
+                except Exception:
+                    # Redis went away again: the next reconnect replays once more.
+                    log.warning("flask-chat: catch-up after resubscribe failed for %s", conn.id,
+                                exc_info=True)
+            gevent.sleep(0)
 
     # -- periodic work ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import redis
 from .keys import Keys
 from .scripts import Scripts
 
-ID_RE = re.compile(r"^\d{13}-\d{4}$")
+ID_RE = re.compile(r"[0-9]{13}-[0-9]{4}")  # ASCII only: \d also matches other scripts' digits
 
 
 def format_id(ms: int, seq: int) -> str:

@@ -18,6 +18,8 @@ on a cluster)::
     chat:{u:1}:conns              ZSET   user 1's live connection ids, scored by expiry
     chat:{u:1}:reads              HASH   conversation key -> last message id read
     chat:{u:1}:rate               HASH   send rate limiter state (token bucket)
+    chat:{u:1}:gen                STRING websocket token generation: logout bumps it, so
+                                         every token issued before is refused
     chat:{g:5}:convs / :idx:5_Group / :msg:5_Group / :floor
                                          group 5's recent messages, shared by all members
     chat:online                   ZSET   online user ids, scored by presence expiry
@@ -94,6 +96,9 @@ class Keys:
 
     def rate(self, user_id: int) -> str:
         return f"{self._user(user_id)}:rate"
+
+    def token_generation(self, user_id: int) -> str:
+        return f"{self._user(user_id)}:gen"
 
     def _group(self, group_id: int) -> str:
         return f"{self.prefix}:{{g:{group_id}}}"

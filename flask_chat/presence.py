@@ -104,6 +104,10 @@ class Presence:
             self._reap(keys=[self.keys.online()], args=[uid, now], client=pipe)
         return [uid for uid, removed in zip(candidates, pipe.execute(), strict=True) if removed]
 
+    def live_connections(self, user_id: int) -> int:
+        """How many unexpired connections the user holds, on every instance."""
+        return int(self.client.zcount(self.keys.connections(user_id), f"({time.time()}", "+inf"))
+
     def is_online(self, user_id: int) -> bool:
         score = self.client.zscore(self.keys.online(), str(user_id))
         return score is not None and score > time.time()

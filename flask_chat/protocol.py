@@ -37,6 +37,9 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
+#: Application close code (RFC 6455 reserves 4000-4999 for applications): the user
+#: logged out, so this connection and its token are no longer valid.
+CLOSE_LOGGED_OUT = 4401
 
 #: Frame types a client may send.
 CLIENT_TYPES = ("send", "typing", "read", "catchup", "window", "ping")
@@ -44,6 +47,29 @@ CLIENT_TYPES = ("send", "typing", "read", "catchup", "window", "ping")
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+#: Every message event starts with these bytes (``message_event_from`` builds them in
+#: this order), so the id can be read off an event without parsing its JSON.
+MESSAGE_PREFIX = b'{"type":"message","id":"'
+_ID_LENGTH = 18  # <13-digit ms>-<4-digit seq>, see ids.py
+
+
+def payload_message_id(payload: bytes) -> str | None:
+    """The id of a message event, or None for any other event."""
+    if payload.startswith(MESSAGE_PREFIX):
+        start = len(MESSAGE_PREFIX)
+        return payload[start : start + _ID_LENGTH].decode("ascii", "replace")
+    return None
+
+
+def frame_message_id(frame: bytes) -> str | None:
+    """The id of a message event inside a server frame built by :func:`ws_frame`."""
+    start = frame.find(MESSAGE_PREFIX, 0, 10 + len(MESSAGE_PREFIX))
+    if start < 0:
+        return None
+    start += len(MESSAGE_PREFIX)
+    return frame[start : start + _ID_LENGTH].decode("ascii", "replace")
 
 
 def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
@@ -167,6 +193,11 @@ def reconnect() -> bytes:
     return dumps({"type": "reconnect"})
 
 
+#: Published on a user's channel when they log out: every instance closes that user's
+#: connections (close code ``CLOSE_LOGGED_OUT``) after writing this frame.
+LOGOUT = dumps({"type": "logout"})
+
+
 PONG = dumps({"type": "pong"})
 
 
@@ -178,17 +209,11 @@ def parse_client_frame(text: str, extra_types: tuple[str, ...] = ()) -> dict[str
     ``extra_types`` are frame types add-ons (the Juggernaut bridge) handle."""
     try:
         frame = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: JSON nested deeper than the interpreter's stack, a hostile frame.
         raise ValidationError("The frame is not valid JSON.", code="invalid_json") from None
     if not isinstance(frame, dict):
         raise ValidationError("A frame must be a JSON object.", code="invalid_frame")
-    kind = frame.get("type")
-    if kind not in CLIENT_TYPES and kind not in extra_types:
-        raise ValidationError(
-            f"Unknown frame type; expected one of {', '.join(CLIENT_TYPES + extra_types)}.",
-            code="unknown_type",
-            field="type",
-        )
     ref = frame.get("ref")
     if ref is not None and not (isinstance(ref, (str, int)) and len(str(ref)) <= 64):
         raise ValidationError(
@@ -196,4 +221,20 @@ def parse_client_frame(text: str, extra_types: tuple[str, ...] = ()) -> dict[str
             code="invalid_field",
             field="ref",
         )
+    kind = frame.get("type")
+    if kind not in CLIENT_TYPES and kind not in extra_types:
+        raise InvalidFrame(
+            f"Unknown frame type; expected one of {', '.join(CLIENT_TYPES + extra_types)}.",
+            code="unknown_type",
+            field="type",
+            ref=ref,
+        )
     return frame
+
+
+class InvalidFrame(ValidationError):
+    """A frame refused after its ``ref`` was read, so the error frame can echo it."""
+
+    def __init__(self, message: str, *, code: str, field: str, ref: Any) -> None:
+        super().__init__(message, code=code, field=field)
+        self.ref = ref

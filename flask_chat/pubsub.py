@@ -16,6 +16,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable
 
 import gevent
@@ -57,6 +58,10 @@ class Subscriber:
         self.channels: set[bytes] = set()
         self.connected = False
         self.reconnects = 0
+        #: When the connection was last lost (time.time()), for callers that must
+        #: replay what was published while nobody listened.
+        self.disconnected_at: float | None = None
+        self._confirming = False
         self._sock: socket.socket | None = None
         self._write_lock = Semaphore()
         self._stopping = False
@@ -154,15 +159,21 @@ class Subscriber:
             self._sock = sock
             self.connected = True
             self._send_batched(b"SUBSCRIBE", list(self.channels))
-            self._ready.set()
             if self.reconnects and self.on_reconnect is not None:
-                self.on_reconnect()
+                # Redis answers in order: once this PING's reply is read, every channel
+                # above is subscribed, so a replay read after it cannot miss an event
+                # that neither it nor the live stream carries.
+                self._confirming = True
+                self._send(encode_command(b"PING"))
+            self._ready.set()
             try:
                 self._read(sock)
             except OSError as exc:
                 if not self._stopping:
                     log.warning("flask-chat: Redis subscriber lost its connection (%s)", exc)
             finally:
+                self.disconnected_at = time.time()
+                self._confirming = False
                 self.connected = False
                 self._ready.clear()
                 self._sock = None
@@ -190,6 +201,13 @@ class Subscriber:
                         log.exception("flask-chat: error while delivering a pub/sub message")
                 elif isinstance(reply, Exception):
                     log.warning("flask-chat: Redis subscriber got an error reply: %s", reply)
+                elif self._confirming and isinstance(reply, list) and reply[:1] == [b"pong"]:
+                    self._confirming = False
+                    if self.on_reconnect is not None:
+                        try:
+                            self.on_reconnect()
+                        except Exception:
+                            log.exception("flask-chat: the subscriber's reconnect hook failed")
 
     def stop(self) -> None:
         self._stopping = True

@@ -41,6 +41,8 @@ class ChatWSGIHandler(WSGIHandler):  # type: ignore[misc]
     greenlet parked on it (the websocket holds its own duplicate of the descriptor).
     """
 
+    _detached: tuple[Any, Any] | None = None
+
     def get_environ(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environ()
         environ["flask_chat.detach"] = self._detach
@@ -48,7 +50,24 @@ class ChatWSGIHandler(WSGIHandler):  # type: ignore[misc]
 
     def _detach(self) -> None:
         self.close_connection = True
+        self._detached = (self.socket, self.rfile)  # type: ignore[has-type]
         self.socket = None
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        finally:
+            if self._detached is not None:
+                # Close our descriptor of a socket the websocket took over (it has its
+                # own): left to the garbage collector, it keeps the TCP connection open
+                # after the websocket is closed, and the browser never sees the end.
+                sock, rfile = self._detached
+                self._detached = None
+                for part in (rfile, sock):
+                    try:
+                        part.close()
+                    except OSError:
+                        pass  # best effort: the websocket's descriptor is what matters
 
 
 class ChatWSGIServer(WSGIServer):  # type: ignore[misc]

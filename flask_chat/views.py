@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Blueprint, Flask, Response, current_app, g, request
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import NotFound as NotFoundError
 
 from . import csrf, delivery
 from .conversations import ConversationKey
-from .errors import ChatError, Forbidden, NotAuthenticated, NotFound, ValidationError
+from .errors import (
+    ChatError,
+    Forbidden,
+    NotAuthenticated,
+    NotFound,
+    Unavailable,
+    ValidationError,
+)
 from .extension import Chat
 from .ids import is_valid_id
 from .windows import parse_state
@@ -64,6 +75,55 @@ def _chat_error(error: ChatError) -> Response:
     return json_response(error.to_dict(), error.status)
 
 
+@blueprint.errorhandler(RedisError)
+def _redis_down(error: RedisError) -> Response:
+    # Nothing was stored (a send is one atomic step); the client may retry.
+    current_app.logger.warning("flask-chat: Redis unavailable: %s", error)
+    response = json_response(Unavailable().to_dict(), 503)
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+@blueprint.errorhandler(OperationalError)
+def _database_down(error: OperationalError) -> Response:
+    current_app.logger.warning("flask-chat: the history database is unavailable: %s", error)
+    response = json_response(
+        Unavailable("The chat history is unavailable; try again soon.").to_dict(), 503
+    )
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def _routing_error(
+    error: HTTPException, host_handler: Callable[[HTTPException], Any] | None
+) -> Any:
+    chat = current_app.extensions.get("chat")
+    prefix = chat.state.config.url_prefix if chat is not None else None
+    if prefix and (request.path == prefix or request.path.startswith(prefix + "/")):
+        code = "method_not_allowed" if error.code == 405 else "not_found"
+        response = json_response({"error": code, "message": error.description}, error.code or 404)
+        response.headers.extend(h for h in error.get_headers() if h[0] == "Allow")
+        return response
+    if host_handler is not None:
+        return host_handler(error)
+    return error
+
+
+def register_routing_errors(app: Flask) -> None:
+    """404 and 405 under ``CHAT_URL_PREFIX`` answer JSON like every chat route. Routing
+    fails before any blueprint is known, so these are app-wide handlers; every other
+    path goes to the host app's own handler (registered before this), or Flask's page."""
+    for code, exc_class in ((404, NotFoundError), (405, MethodNotAllowed)):
+        host_handler = app.error_handler_spec.get(None, {}).get(code, {}).get(exc_class)
+
+        def handler(
+            error: HTTPException, host_handler: Callable[[HTTPException], Any] | None = host_handler
+        ) -> Any:
+            return _routing_error(error, host_handler)
+
+        app.register_error_handler(code, handler)
+
+
 @blueprint.errorhandler(RequestEntityTooLarge)
 def _too_large(error: RequestEntityTooLarge) -> Response:
     limit = _chat().state.config.max_request_bytes
@@ -79,7 +139,7 @@ def read_body() -> Mapping[str, Any]:
     if mimetype == "application/json":
         try:
             data = json.loads(request.get_data())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ValidationError("The body is not valid JSON.", code="invalid_json") from None
         if not isinstance(data, dict):
             raise ValidationError("The JSON body must be an object.", code="invalid_body")
@@ -142,7 +202,7 @@ def api_send_message() -> Response:
                         code="invalid_token", status=401)
     body = read_body()
     sender = _require(body, "sender_id")
-    if isinstance(sender, str) and sender.isdigit():
+    if isinstance(sender, str) and _DIGITS.fullmatch(sender):
         sender = int(sender)
     message = _chat().send_message(sender, _require(body, "to"), _require(body, "message_text"))
     return json_response(message.for_sender(), 201)
@@ -153,13 +213,18 @@ def history() -> Response:
     return json_response(_chat().history(g.chat_user_id))
 
 
-def _int_arg(name: str, default: int, maximum: int) -> int:
+#: ASCII digits only, and few of them: str.isdigit() accepts "²" and "٣", which int()
+#: then refuses or reads, and a 5,000-digit number costs int() a ValueError.
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+def _int_arg(name: str, default: int, maximum: int, minimum: int = 1) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not _DIGITS.fullmatch(raw) or not minimum <= int(raw) <= maximum:
         raise ValidationError(
-            f"'{name}' must be a whole number from 1 to {maximum}.",
+            f"'{name}' must be a whole number from {minimum} to {maximum}.",
             code="invalid_parameter",
             field=name,
         )
@@ -232,13 +297,8 @@ def online_users() -> Response:
     chat = _chat()
     page_size = chat.state.config.page_size
     limit = _int_arg("limit", page_size, page_size * 4)
-    offset = request.args.get("offset", "0")
-    if not offset.isdigit():
-        raise ValidationError(
-            "'offset' must be a whole number.", code="invalid_parameter", field="offset"
-        )
+    start = _int_arg("offset", 0, 10**9, minimum=0)
     ids = sorted(delivery.online_snapshot(chat, chat.state, g.chat_user_id))
-    start = int(offset)
     users = []
     for uid in ids[start : start + limit]:
         info = chat.get_user(uid)

@@ -9,6 +9,8 @@ that never block, one framing per event however many sockets receive it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import secrets
 import socket
@@ -20,13 +22,15 @@ from flask import Flask, Response, current_app, request
 from gevent.event import Event
 from gevent.monkey import get_original
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from redis.exceptions import RedisError
 
 from . import catchup, delivery, protocol
 from .connection import Connection
 from .conversations import ConversationKey
-from .errors import ChatError, ConfigurationError, ValidationError
+from .errors import ChatError, ConfigurationError, Unavailable, ValidationError
 from .hub import Hub
 from .ids import is_valid_id
+from .limits import TokenBucket
 from .messaging import check_target
 from .metrics import METRICS
 from .server import check_gevent_patched
@@ -47,16 +51,50 @@ def _serializer(app: Flask) -> URLSafeTimedSerializer:
 
 
 def make_token(user_id: int) -> str:
-    """A signed, short-lived websocket token for ``user_id`` (the bootstrap carries it)."""
-    return _serializer(current_app).dumps(user_id)
+    """A signed, short-lived websocket token for ``user_id`` (the bootstrap carries it),
+    valid until it expires or the user logs out (which bumps their token generation)."""
+    state = current_app.extensions["chat"].state
+    generation = int(state.redis.get(state.keys.token_generation(user_id)) or 0)
+    return _serializer(current_app).dumps([user_id, generation])
 
 
-def _token_user(token: str, max_age: int) -> int | None:
+def _token_user(state: ChatState, token: str) -> int | None:
     try:
-        value = _serializer(current_app).loads(token, max_age=max_age)
+        value = _serializer(current_app).loads(token, max_age=state.config.token_max_age)
     except BadSignature:
         return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return None
+    user_id, generation = value
+    current = int(state.redis.get(state.keys.token_generation(user_id)) or 0)
+    return user_id if generation == current else None
+
+
+def check_handshake() -> None:
+    """Refuse a malformed upgrade with a 4xx before anything is written to the socket
+    (wsproto would raise on it, and a 500 is not an answer)."""
+    version = request.headers.get("Sec-WebSocket-Version", "")
+    if version.strip() != "13":
+        raise ChatError(
+            "Only websocket protocol version 13 is supported.",
+            code="unsupported_websocket_version",
+            status=426,
+        )
+    key = request.headers.get("Sec-WebSocket-Key", "").strip()
+    try:
+        valid_key = len(base64.b64decode(key, validate=True)) == 16
+    except (ValueError, binascii.Error):
+        valid_key = False
+    if not valid_key:
+        raise ChatError(
+            "'Sec-WebSocket-Key' must be 16 random bytes in base64.",
+            code="bad_handshake",
+            status=400,
+        )
 
 
 def _origin_allowed(allowed: tuple[str, ...]) -> bool:
@@ -141,11 +179,30 @@ def websocket() -> Response:
         return json_response(
             {"error": "forbidden_origin", "message": "Cross-site websocket refused."}, 403
         )
+    check_handshake()
     token = request.args.get("token")
-    user_id = _token_user(token, config.token_max_age) if token else chat.current_user_id()
+    user_id = _token_user(state, token) if token else chat.current_user_id()
     if user_id is None:
         METRICS.refused.labels("anonymous").inc()
         return json_response({"error": "not_authenticated", "message": "Log in first."}, 401)
+    if state.presence.live_connections(user_id) >= config.max_user_connections:
+        # Counted across instances from presence; two connects racing may both pass,
+        # which is fine for a limit meant to stop floods, not to count exactly.
+        METRICS.refused.labels("too_many_connections").inc()
+        return json_response(
+            {
+                "error": "too_many_connections",
+                "message": f"At most {config.max_user_connections} live connections per user.",
+            },
+            429,
+        )
+    after = request.args.get("after") or None
+    if after is not None and not is_valid_id(after):
+        return json_response(
+            {"error": "invalid_parameter", "message": "'after' must be a message id.",
+             "field": "after"},
+            400,
+        )
     group_ids = chat.user_group_ids(user_id)
     hub = get_hub(chat, state)
 
@@ -172,8 +229,14 @@ def websocket() -> Response:
         on_close,
         max_message=config.max_ws_message,
         max_backlog=config.max_ws_queue,
+        max_fragments=config.max_ws_fragments,
     )
     conn.data["groups"] = group_ids
+    conn.data["frames"] = TokenBucket(config.frame_rate, config.frame_burst)
+    if after is not None:
+        # Live events from the moment of joining wait until the replay is written:
+        # the client sees what it missed first, then what came meanwhile, in order.
+        conn.hold()
     hub.add(conn, [hub.user_channel(user_id)] + [hub.group_channel(g) for g in group_ids])
     try:
         conn.write(protocol.ws_frame(protocol.hello(user_id, conn.id, config.ping_interval)))
@@ -183,9 +246,8 @@ def websocket() -> Response:
             announce_presence(chat, state, user_id, True, audience)
         snapshot = delivery.online_snapshot(chat, state, user_id, audience)
         conn.write(protocol.ws_frame(protocol.online_snapshot(snapshot)))
-        after = request.args.get("after")
-        if after:
-            _catch_up(state, conn, after)
+        if after is not None:
+            catchup.replay(state, conn, after, held=True)
     except Exception:
         # The socket is already upgraded, so no HTTP error can be sent: cut it (the
         # client reconnects) and leave the hub as it was.
@@ -231,13 +293,6 @@ def _disconnected(app: Flask, chat: Chat, state: ChatState, user_id: int, conn_i
             log.exception("flask-chat: presence update failed for user %s", user_id)
 
 
-def _catch_up(state: ChatState, conn: Connection, after: str) -> None:
-    recovered, events = catchup.missed(state, conn.user_id, conn.data["groups"], after)
-    for event in events:
-        conn.write(protocol.ws_frame(event))
-    conn.write(protocol.ws_frame(protocol.catchup_done(recovered, len(events))))
-
-
 def _require(frame: dict[str, Any], field: str) -> Any:
     if field not in frame:
         raise ValidationError(f"'{field}' is required.", code="missing_field", field=field)
@@ -251,6 +306,14 @@ def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> N
         frame = protocol.parse_client_frame(text, tuple(state.frame_handlers))
         ref = frame.get("ref")
         kind = frame["type"]
+        # Sends have their own per-user budget in Redis (messaging.py); every other
+        # frame costs this connection's budget.
+        if kind != "send" and not conn.data["frames"].take():
+            raise ChatError(
+                f"Too many frames: at most {state.config.frame_rate:g} a second.",
+                code="rate_limited",
+                status=429,
+            )
         if kind in state.frame_handlers:
             state.frame_handlers[kind](conn, frame)
         elif kind == "send":
@@ -277,7 +340,7 @@ def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> N
                 raise ValidationError(
                     "'after' must be a message id.", code="invalid_field", field="after"
                 )
-            _catch_up(state, conn, after)
+            catchup.replay(state, conn, after)
         elif kind == "window":
             conversation = ConversationKey.parse(_require(frame, "conversation"), "conversation")
             window_state = parse_state(_require(frame, "state"))
@@ -288,4 +351,10 @@ def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> N
             conn.send_text(protocol.PONG)
     except ChatError as err:
         METRICS.rejected_frames.labels(err.code).inc()
-        conn.send_text(protocol.error(err, ref))
+        conn.send_text(protocol.error(err, getattr(err, "ref", ref)))
+    except RedisError:
+        # Redis is down or unreachable: nothing was stored; say so, so the client
+        # retries (with the same idempotency key) instead of waiting for an ack.
+        log.warning("flask-chat: Redis unavailable for a frame of %s", conn.id, exc_info=True)
+        METRICS.rejected_frames.labels("unavailable").inc()
+        conn.send_text(protocol.error(Unavailable(), ref))

@@ -380,3 +380,107 @@ def test_bad_windows_change_nothing(
     assert resp.status_code == status
     assert resp.json["error"] == code
     assert dump(r) == before
+
+
+# -- hostile input: always a 4xx JSON error with a code, never a 500 -------------------------
+
+HOSTILE_NUMBERS = [
+    "/chats/conversations/2_User?limit=%C2%B2",  # "²": str.isdigit() says yes, int() no
+    "/chats/conversations/2_User?limit=%D9%A3",  # "٣", an Arabic-Indic digit
+    "/chats/conversations/2_User?limit=" + "9" * 5000,  # over int()'s digit limit
+    "/chats/conversations/2_User?before=%D9%A3%D9%A3%D9%A3%D9%A3%D9%A3%D9%A3%D9%A3"
+    "%D9%A3%D9%A3%D9%A3%D9%A3%D9%A3%D9%A3-0000",
+    "/chats/online_users?offset=%C2%B2",
+    "/chats/online_users?offset=" + "9" * 5000,
+    "/chats/online_users?limit=%C2%B9",
+    "/chats/transcripts?page=%C2%B2",
+    "/chats/transcripts?page=" + "9" * 5000,
+    "/chats/transcripts?per_page=%D9%A3",
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE_NUMBERS)
+def test_hostile_numbers_in_the_query_are_400s(as_user: Login, path: str) -> None:
+    resp = as_user(1).get(path)
+    assert resp.status_code == 400
+    assert resp.json["error"] == "invalid_parameter"
+
+
+def test_deeply_nested_json_bodies_are_400s_and_change_nothing(
+    as_user: Login, r: redis.Redis
+) -> None:
+    alice = as_user(1)
+    before = dump(r)
+    for body in ("[" * 50_000, '{"a":' * 10_000):
+        resp = alice.post("/chats/send_message", data=body, content_type="application/json")
+        assert resp.status_code == 400
+        assert resp.json["error"] == "invalid_json"
+    assert dump(r) == before
+
+
+@pytest.mark.parametrize("sender", ["\u00b2", "\u0663", "1" * 5000, "-1", " 1"])
+def test_api_sender_ids_that_are_not_plain_digits_are_400s(
+    app_factory: Callable[..., Flask], r: redis.Redis, sender: str
+) -> None:
+    app = app_factory(CHAT_API_TOKEN="secret")
+    before = dump(r)
+    resp = app.test_client().post(
+        "/chats/api/messages",
+        json={"sender_id": sender, "to": "2_User", "message_text": "x"},
+        headers={"Authorization": "Bearer secret"},
+    )
+    assert resp.status_code == 400
+    assert resp.json["error"] == "invalid_sender"
+    assert dump(r) == before
+
+
+def test_routing_errors_under_the_prefix_are_json_and_the_host_keeps_its_own(
+    redis_url: str, closing: Callable[[Flask], Flask], tmp_path: Any
+) -> None:
+    from flask_chat import Chat
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY="test", CHAT_REDIS_URL=redis_url, CHAT_DATABASE_AUTO_UPGRADE=True,
+        CHAT_DATABASE_URL=f"sqlite:///{tmp_path}/chat.db",
+    )
+
+    @app.errorhandler(404)
+    def host_404(error: Exception) -> tuple[str, int]:
+        return "the host's own page", 404
+
+    Chat(app)
+    closing(app)
+    client = app.test_client()
+    resp = client.get("/chats/send_message")
+    assert resp.status_code == 405
+    assert resp.json["error"] == "method_not_allowed"
+    assert "POST" in resp.headers["Allow"]
+    resp = client.delete("/chats/history")
+    assert resp.status_code == 405 and resp.json["error"] == "method_not_allowed"
+    resp = client.get("/chats/no/such/route")
+    assert resp.status_code == 404 and resp.json["error"] == "not_found"
+    resp = client.get("/elsewhere")
+    assert resp.status_code == 404 and resp.get_data(as_text=True) == "the host's own page"
+
+
+def test_redis_down_is_a_503_json_error(
+    app_factory: Callable[..., Flask], redis_url: str
+) -> None:
+    from helpers import free_port
+
+    app = app_factory(CHAT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    client = app.test_client()
+    from conftest import login
+
+    token = login(client, 1)
+    resp = client.post(
+        "/chats/send_message",
+        json={"to": "2_User", "message_text": "x"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert resp.status_code == 503
+    assert resp.json["error"] == "unavailable"
+    assert resp.headers["Retry-After"] == "1"
+    resp = client.get("/chats/history")
+    assert resp.status_code == 503 and resp.json["error"] == "unavailable"

@@ -26,6 +26,7 @@
   var connected = false;
   var attempts = 0;
   var useToken = true;
+  var loggedOut = false;
   var pending = {};        // ref -> {resolve, reject}
   var nextRef = 1;
   var onlinePanel = null;
@@ -489,10 +490,10 @@
     ws.onmessage = function (ev) {
       var frame;
       try { frame = JSON.parse(ev.data); } catch (e) { return; }
-      if (frame.type === "hello") { greeted = true; }
+      if (frame.type === "hello") { greeted = true; loggedOut = false; }
       onFrame(frame);
     };
-    ws.onclose = function () {
+    ws.onclose = function (ev) {
       if (socket !== ws) { return; }
       socket = null;
       var was = connected;
@@ -504,6 +505,15 @@
       if (was) { emit("connection", { connected: false }); }
       // A token can expire on a long-open page; the session cookie still works.
       if (!greeted && useToken) { useToken = false; }
+      if (ev && ev.code === 4401) {
+        // The user logged out (maybe in another browser): every token is void now, and
+        // only a session cookie that is still logged in can reconnect.
+        useToken = false;
+        loggedOut = true;
+        emit("logout", {});
+      } else if (!greeted && loggedOut) {
+        return;  // this browser is logged out too: stop trying
+      }
       scheduleReconnect();
     };
   }
