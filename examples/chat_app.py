@@ -1,8 +1,17 @@
 """The flask-chat demo: alice (1), bob (2) and carol (3), and the group "team" (5).
 
-``create_app(config)`` takes a mapping of settings; ``SECRET_KEY`` and every ``CHAT_*``
-setting can also come from the environment, so the same app runs in the tests, in the
-demo (``bash examples/run-demo.sh``) and behind a load balancer.
+``create_app(config)`` takes a mapping of settings; ``SECRET_KEY`` (or
+``FLASK_SECRET_KEY``) and every ``CHAT_*`` setting can also come from the environment, so
+the same app runs in the tests, in the demo (``bash examples/run-demo.sh``) and behind a
+load balancer.
+
+The secret key signs the session cookie and flask-chat's websocket tokens, so there is no
+fixed fallback: without one, each start makes a random key (and logs a warning), and
+sessions end when the process restarts. Several processes serving the same users (behind
+a load balancer, gunicorn with several workers) must be given the same key.
+
+The login and logout forms carry flask-chat's CSRF token (the one the chat's own routes
+check, kept in the session); logout is a POST.
 
 This module does not monkey-patch; the entry point that serves it (``serve.py``) does.
 """
@@ -11,14 +20,24 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, abort, redirect, render_template, request, url_for
+from flask import Flask, abort, redirect, render_template, request, session, url_for
 from flask_chat_bridge import JuggernautBridge
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
-from flask_chat import Chat, GroupInfo, UserInfo
+from flask_chat import Chat, GroupInfo, UserInfo, csrf
+from flask_chat.errors import Forbidden
+
+#: Where the secret key may come from, first found wins (``FLASK_SECRET_KEY`` is what
+#: Flask's own ``from_prefixed_env`` reads).
+SECRET_KEY_VARIABLES = ("SECRET_KEY", "FLASK_SECRET_KEY")
+RANDOM_KEY_WARNING = (
+    "SECRET_KEY not set: a random key was generated; sessions and websocket tokens end "
+    "when the process restarts (set SECRET_KEY, the same for every process, to keep them)"
+)
 
 
 class User(UserMixin):
@@ -87,21 +106,33 @@ def legacy_chat(channel: str, message: dict[str, Any]) -> tuple[int, str, str] |
 
 
 def _env_settings() -> dict[str, Any]:
-    """``SECRET_KEY`` and ``CHAT_*`` from the environment; JSON values are decoded."""
+    """``CHAT_*`` (JSON values decoded) and the secret key from the environment."""
     settings: dict[str, Any] = {}
     for name, raw in os.environ.items():
-        if name == "SECRET_KEY" or name.startswith("CHAT_"):
+        if name.startswith("CHAT_"):
             try:
                 settings[name] = json.loads(raw)
             except ValueError:
                 settings[name] = raw
+    # Taken as it is: a key such as "1234" must stay a string, not become a number.
+    secret = next((os.environ[n] for n in SECRET_KEY_VARIABLES if os.environ.get(n)), None)
+    if secret:
+        settings["SECRET_KEY"] = secret
     return settings
+
+
+def _csrf_ok() -> bool:
+    """Whether the form post carries the session's CSRF token (flask-chat's own)."""
+    try:
+        csrf.check_request()
+    except Forbidden:
+        return False
+    return True
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(
-        SECRET_KEY="demo-only-not-secret",
         CHAT_EMBEDDED_REDIS=True,
         # The demo creates its tables itself; production runs `flask chat db upgrade`.
         CHAT_DATABASE_AUTO_UPGRADE=True,
@@ -111,6 +142,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.config.update(_env_settings())
     app.config.update(config or {})
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = secrets.token_hex(32)
+        app.logger.warning(RANDOM_KEY_WARNING)
+    app.add_template_global(csrf.get_token, "csrf_token")
     login_manager.init_app(app)
     login_manager.login_view = "login"
     chat.init_app(app)
@@ -137,16 +172,29 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.route("/login", methods=["GET", "POST"])
     def login() -> Any:
         if request.method == "POST":
+            if not _csrf_ok():
+                # Also what a form from before a restart gets (its session is gone): the
+                # page comes back with a fresh token, so trying again works.
+                error = "This form has expired or did not come from this site: try again."
+                return render_template("login.html", error=error), 403
             user = BY_NAME.get(request.form.get("username", "").strip().lower())
             if user is None:
                 return render_template("login.html", error="Unknown user."), 400
+            # A new session, so a new CSRF token: nothing from before the login carries
+            # over into the logged-in session.
+            session.clear()
             login_user(user)
             return redirect(url_for("index"))
         return render_template("login.html", error=None)
 
-    @app.get("/logout")
+    # POST only (GET answers 405): a link or an image on another site must not be able
+    # to log anyone out.
+    @app.post("/logout")
     def logout() -> Any:
+        if not _csrf_ok():
+            return render_template("refused.html"), 403
         logout_user()
+        session.pop(csrf.SESSION_KEY, None)  # the next login form gets a new token
         return redirect(url_for("login"))
 
     @app.get("/static/avatars/<name>.svg")

@@ -2,7 +2,9 @@
 
     gunicorn -k gevent -w 1 -b 127.0.0.1:5000 --chdir examples wsgi:app
 
-Settings come from the environment, as for ``serve.py``.
+Settings come from the environment, as for ``serve.py``. With more than one worker
+(``-w 2``), set SECRET_KEY: without it each worker makes its own random key and cannot
+read the sessions and websocket tokens of the others.
 """
 
 from chat_app import create_app

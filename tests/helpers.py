@@ -154,13 +154,44 @@ class DemoServer:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def form_token(page: str) -> str:
+    """The CSRF token in a demo page's form (the login form, the logout button)."""
+    import re
+
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, page
+    return match.group(1)
+
+
+def form_login(client: Any, name: str) -> Any:
+    """Log a Flask test client in through the demo's login form, CSRF token included."""
+    token = form_token(client.get("/login").get_data(as_text=True))
+    return client.post("/login", data={"username": name, "csrf_token": token})
+
+
+def form_logout(client: Any) -> Any:
+    """Log a Flask test client out with the demo's logout button (a POST)."""
+    token = form_token(client.get("/about").get_data(as_text=True))
+    return client.post("/logout", data={"csrf_token": token})
+
+
 def login_cookie(port: int, name: str, host: str = "127.0.0.1") -> str:
+    """Log in through the demo's login form (GET it for its CSRF token, then POST it);
+    returns the logged-in session cookie."""
+    from urllib.parse import urlencode
+
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/login")
+    resp = conn.getresponse()
+    token = form_token(resp.read().decode())
+    cookie = resp.getheader("Set-Cookie", "").split(";", 1)[0]
+    conn.close()
     conn = http.client.HTTPConnection(host, port, timeout=10)
     conn.request(
         "POST",
         "/login",
-        body=f"username={name}",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        body=urlencode({"username": name, "csrf_token": token}),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
     )
     resp = conn.getresponse()
     resp.read()

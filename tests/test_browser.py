@@ -143,7 +143,7 @@ class Person:
         return self
 
     def log_out(self) -> None:
-        self.page.get_by_role("link", name="Log out").click()
+        self.page.get_by_role("button", name="Log out").click()
         self.page.wait_for_url(re.compile(r"/login$"), timeout=SOON_MS)
 
     def follow(self, link: str, path: str) -> None:

@@ -15,6 +15,7 @@ sys.path.insert(
 )
 
 import chat_app  # noqa: E402
+from helpers import form_login, form_logout, form_token  # noqa: E402
 from test_templating import bootstrap_of  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def demo(redis_url: str, closing: Callable[[Flask], Flask], tmp_path: Any) -> It
 
 
 def login(client, name: str) -> dict:
-    resp = client.post("/login", data={"username": name})
+    resp = form_login(client, name)
     assert resp.status_code == 302
     return bootstrap_of(client.get("/").get_data(as_text=True))
 
@@ -75,10 +76,11 @@ def test_users_and_group_match_the_seed_keys(demo: Flask) -> None:
 def test_login_logout_and_unknown_user(demo: Flask) -> None:
     c = demo.test_client()
     assert c.get("/").status_code == 302
-    assert c.post("/login", data={"username": "mallory"}).status_code == 400
+    token = form_token(c.get("/login").get_data(as_text=True))
+    assert c.post("/login", data={"username": "mallory", "csrf_token": token}).status_code == 400
     login(c, "carol")
     assert c.get("/chats/history").status_code == 200
-    assert c.get("/logout").status_code == 302
+    assert form_logout(c).status_code == 302
     assert c.get("/chats/history").status_code == 401
     assert "flask-chat-bootstrap" not in c.get("/about").get_data(as_text=True)
 
@@ -93,6 +95,50 @@ def test_settings_come_from_the_environment(
     app = closing(chat_app.create_app({"TESTING": True}))
     assert app.config["CHAT_MAX_MESSAGE_LENGTH"] == 12
     assert app.config["SECRET_KEY"] == "from-env"
+
+
+def test_the_secret_key_comes_from_the_environment_as_it_is(
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    closing: Callable[[Flask], Flask],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """FLASK_SECRET_KEY (Flask's own name) works too, and a key that looks like JSON
+    stays the string it is (a number is no key for itsdangerous)."""
+    monkeypatch.setenv("CHAT_REDIS_URL", redis_url)
+    monkeypatch.setenv("CHAT_DATABASE_URL", "sqlite://")
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    monkeypatch.setenv("FLASK_SECRET_KEY", "12345")
+    app = closing(chat_app.create_app({"TESTING": True}))
+    assert app.config["SECRET_KEY"] == "12345"
+    monkeypatch.setenv("SECRET_KEY", "first")
+    assert closing(chat_app.create_app({"TESTING": True})).config["SECRET_KEY"] == "first"
+    assert "SECRET_KEY not set" not in caplog.text
+
+
+def test_without_a_secret_key_each_app_makes_its_own_and_warns(
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    closing: Callable[[Flask], Flask],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.delenv("FLASK_SECRET_KEY", raising=False)
+    monkeypatch.setenv("SECRET_KEY", "")  # set but empty is not set
+    settings = {"TESTING": True, "CHAT_REDIS_URL": redis_url, "CHAT_DATABASE_URL": "sqlite://"}
+    one = closing(chat_app.create_app(settings))
+    two = closing(chat_app.create_app(settings))
+    keys = {one.config["SECRET_KEY"], two.config["SECRET_KEY"]}
+    assert len(keys) == 2 and "demo-only-not-secret" not in keys
+    assert all(isinstance(k, str) and len(k) >= 64 for k in keys)
+    warned = [
+        r
+        for r in caplog.records
+        if r.getMessage().startswith(
+            "SECRET_KEY not set: a random key was generated; sessions and websocket tokens "
+            "end when the process restarts"
+        )
+    ]
+    assert [r.levelname for r in warned] == ["WARNING", "WARNING"]
 
 
 def test_transcripts_page(demo: Flask) -> None:

@@ -16,6 +16,7 @@ import csv
 import io
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -161,10 +162,12 @@ class Cluster:
         self.clients: list[Client] = []
         self.placed: dict[int, DemoServer] = {}  # id(client) -> its instance
         self._cookies: dict[str, str] = {}
+        self.secret_key = secrets.token_hex(32)
 
     def start(self) -> Cluster:
         for i in range(2):
-            server = DemoServer(self.redis_url, **self.settings)
+            # One key for both, as haproxy.cfg says: either instance reads the sessions.
+            server = DemoServer(self.redis_url, SECRET_KEY=self.secret_key, **self.settings)
             self.servers.append(server)
             server.start()
             self.names[server.port] = f"chat{i + 1}"

@@ -18,7 +18,7 @@ import pytest
 import redis
 from conftest import close_chat, make_online
 from flask import Flask
-from helpers import ROOT, TcpProxy, wait_for
+from helpers import ROOT, TcpProxy, form_login, form_logout, wait_for
 from sqlalchemy import create_engine, func, select
 
 from flask_chat.cache import CacheEntry
@@ -143,12 +143,12 @@ def test_logout_runs_persist_then_clear_on_a_real_worker(
     )
     try:
         alice = demo.test_client()
-        alice.post("/login", data={"username": "alice"})
+        form_login(alice, "alice")
         with demo.app_context():
             chat = demo.extensions["chat"]
             for i in range(3):
                 chat.send_message(1, "2_User", f"before logout {i}")
-        alice.get("/logout")
+        form_logout(alice)
         with demo.app_context():
             assert chat.history(1) != {}  # nothing happens until a worker runs the job
         run_worker(env, app=os.path.join(ROOT, "examples", "chat_app.py"))

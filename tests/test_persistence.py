@@ -265,6 +265,8 @@ def test_sessions_start_and_end_with_flask_login(
 ) -> None:
     import sys
 
+    from helpers import form_login, form_logout
+
     sys.path.insert(0, __import__("helpers").ROOT + "/examples")
     import chat_app
 
@@ -274,13 +276,13 @@ def test_sessions_start_and_end_with_flask_login(
         )
     )
     c = app.test_client()
-    c.post("/login", data={"username": "alice"})
+    form_login(c, "alice")
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(select(sessions)).mappings().all()
         assert [(r["user_id"], r["ended_at"]) for r in rows] == [(1, None)]
-        c.get("/logout")
+        form_logout(c)
         with engine.connect() as conn:
             rows = conn.execute(select(sessions)).mappings().all()
         assert rows[0]["ended_at"] is not None

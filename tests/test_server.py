@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from helpers import wait_for
+from helpers import form_token, wait_for
 
 from flask_chat import ConfigurationError
 from flask_chat.server import check_gevent_patched
@@ -93,10 +93,11 @@ def test_two_people_chat_through_the_served_demo(demo_server: int) -> None:
     alice, bob = Browser(demo_server), Browser(demo_server)
     try:
         for who, name in ((alice, "alice"), (bob, "bob")):
+            _, form = who.request("GET", "/login")
             status, _ = who.request(
                 "POST",
                 "/login",
-                "username=" + name,
+                f"username={name}&csrf_token={form_token(form)}",
                 {"Content-Type": "application/x-www-form-urlencoded"},
             )
             assert status == 302
