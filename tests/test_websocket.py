@@ -491,3 +491,236 @@ def test_killed_instance_users_go_offline_within_the_ttl(start: Start, clients: 
     started = time.monotonic()
     bob.wait_type("presence", user_id=1, online=False, timeout=15)
     assert time.monotonic() - started < 15
+
+
+# -- hardening ------------------------------------------------------------------------------
+
+
+def logout_over_http(port: int, cookie: str) -> int:
+    """Press the demo's logout button (a POST with the page's CSRF token)."""
+    import http.client
+    from urllib.parse import urlencode
+
+    from helpers import form_token
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/about", headers={"Cookie": cookie})
+    resp = conn.getresponse()
+    token = form_token(resp.read().decode())
+    # Rendering the page may have stored the form's token in the session: use its cookie.
+    cookie = (resp.getheader("Set-Cookie") or cookie).split(";", 1)[0]
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(
+        "POST",
+        "/logout",
+        body=urlencode({"csrf_token": token}),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
+    )
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_logout_closes_live_connections_and_voids_tokens(start: Start, clients: Any) -> None:
+    server = start()
+    cookie = login_cookie(server.port, "alice")
+    token = bootstrap(server.port, cookie)["ws_token"]
+    by_cookie = connect(clients, server, "alice")
+    by_token = clients(server.port, query=f"?token={token}")
+    by_token.wait_type("hello")
+    bob = connect(clients, server, "bob")
+    assert logout_over_http(server.port, cookie) == 302
+    for conn in (by_cookie, by_token):
+        conn.wait_type("logout")
+        assert close_code(conn.ws) == 4401
+    # The token from before the logout opens nothing any more, on any instance.
+    assert handshake_status(server.port, f"?token={token}") == 401
+    other = start()
+    assert handshake_status(other.port, f"?token={token}") == 401
+    # Nobody else was touched, and logging in again gives a token that works.
+    bob.send({"type": "ping"})
+    bob.wait_type("pong")
+    fresh = bootstrap(server.port, login_cookie(server.port, "alice"))["ws_token"]
+    assert handshake_status(server.port, f"?token={fresh}") == 101
+
+
+def test_a_catch_up_replays_no_group_the_user_has_left(
+    start: Start, clients: Any, redis_url: str
+) -> None:
+    server = start(CHAT_GROUP_MEMBER_CACHES=False)
+    alice = connect(clients, server, "alice")
+    import sys
+
+    sys.path.insert(0, __import__("helpers").ROOT + "/examples")
+    import chat_app
+
+    app = chat_app.create_app({"CHAT_REDIS_URL": redis_url, "CHAT_GROUP_MEMBER_CACHES": False,
+                               "SECRET_KEY": "test"})
+    chat = app.extensions["chat"]
+    with app.app_context():
+        before = chat.send_message(2, "5_Group", "while alice is in").id
+        alice.wait_type("message", id=before)
+        chat.group_membership_changed(5, removed=[1])
+        alice.wait_type("membership", group_id=5, member=False)
+        secret = chat.send_message(2, "5_Group", "after alice left").id
+        alice.send({"type": "catchup", "after": before, "ref": "c"})
+        done = alice.wait_type("catchup")
+        assert done == {"type": "catchup", "recovered": True, "count": 0}
+        assert secret not in [f["id"] for f in alice.of_type("message")]
+        chat.state.redis.close()
+
+
+def test_hostile_frames_get_error_frames_with_their_ref(start: Start, clients: Any) -> None:
+    server = start()
+    alice = connect(clients, server, "alice")
+    alice.ws.send("[" * 50_000)
+    assert alice.wait_type("error")["error"] == "invalid_json"
+    alice.ws.send('{"type": "nope", "ref": "r1"}')
+    err = alice.wait_type("error", ref="r1")
+    assert err["error"] == "unknown_type" and err["field"] == "type"
+    alice.send({"type": "ping"})
+    alice.wait_type("pong")
+
+
+def raw_upgrade_status(port: int, headers: dict[str, str]) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/chats/ws", headers={"Upgrade": "websocket",
+                                                  "Connection": "Upgrade", **headers})
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 101:
+            assert json.loads(body)["error"], body
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_malformed_upgrades_are_4xx(start: Start) -> None:
+    server = start()
+    cookie = login_cookie(server.port, "alice")
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    assert raw_upgrade_status(server.port, {"Cookie": cookie, "Sec-WebSocket-Key": key,
+                                            "Sec-WebSocket-Version": "8"}) == 426
+    assert raw_upgrade_status(server.port, {"Cookie": cookie,
+                                            "Sec-WebSocket-Version": "13"}) == 400
+    assert raw_upgrade_status(server.port, {"Cookie": cookie, "Sec-WebSocket-Key": "short",
+                                            "Sec-WebSocket-Version": "13"}) == 400
+    assert raw_upgrade_status(server.port, {"Cookie": cookie, "Sec-WebSocket-Key": key,
+                                            "Sec-WebSocket-Version": "13"}) == 101
+
+
+def test_frames_that_are_not_sends_are_rate_limited(start: Start, clients: Any) -> None:
+    server = start(CHAT_WS_FRAME_RATE=1, CHAT_WS_FRAME_BURST=5)
+    alice = connect(clients, server, "alice")
+    bob = connect(clients, server, "bob")
+    for i in range(30):
+        alice.send({"type": "typing", "to": "2_User", "ref": i})
+    err = alice.wait(lambda f: f.get("type") == "error" and f.get("ref") == 29)
+    assert err["error"] == "rate_limited"
+    limited = [f for f in alice.of_type("error") if f["error"] == "rate_limited"]
+    assert len(limited) >= 20
+    bob.drain(0.5)
+    assert len(bob.of_type("typing")) <= 10
+    # Sends have their own budget and still go through.
+    alice.send({"type": "send", "to": "2_User", "message_text": "still here", "ref": "s"})
+    alice.wait_type("ack", ref="s")
+
+
+def test_connections_per_user_are_capped(start: Start, clients: Any, r: redis.Redis) -> None:
+    server = start(CHAT_WS_MAX_CONNECTIONS_PER_USER=2)
+    cookie = login_cookie(server.port, "alice")
+    first = connect(clients, server, "alice")
+    connect(clients, server, "alice")
+    assert handshake_status(server.port, cookie=cookie) == 429
+    assert handshake_status(server.port, cookie=login_cookie(server.port, "bob")) == 101
+    first.close()
+    from helpers import wait_for
+
+    wait_for(lambda: r.zcard("chat:{u:1}:conns") == 1, what="the closed connection to go")
+    assert handshake_status(server.port, cookie=cookie) == 101
+
+
+def test_live_frames_wait_until_the_catch_up_is_written(start: Start, clients: Any) -> None:
+    """A reconnecting client sees the replay first and then what came live meanwhile,
+    never a live frame ahead of (or amid) the replay."""
+    import threading
+
+    server = start()
+    alice = connect(clients, server, "alice")
+    alice.send({"type": "send", "to": "2_User", "message_text": "start", "ref": "s"})
+    position = alice.wait_type("ack", ref="s")["message"]["id"]
+    for i in range(150):
+        alice.send({"type": "send", "to": "2_User", "message_text": f"missed {i}", "ref": i})
+    alice.wait_type("ack", ref=149)
+    carol = connect(clients, server, "carol")
+    stop = threading.Event()
+
+    def chatter() -> None:
+        n = 0
+        while not stop.is_set() and n < 2000:
+            carol.send({"type": "send", "to": "2_User", "message_text": f"live {n}"})
+            n += 1
+            time.sleep(0.003)
+
+    sender = threading.Thread(target=chatter)
+    sender.start()
+    try:
+        bob = clients(server.port, login_cookie(server.port, "bob"), query=f"?after={position}")
+        bob.wait_type("catchup", timeout=30)
+        bob.drain(0.3)
+    finally:
+        stop.set()
+        sender.join()
+    kinds = [f["type"] for f in bob.frames]
+    done = kinds.index("catchup")
+    replay = [f for f in bob.frames[:done] if f["type"] == "message"]
+    assert bob.frames[done]["recovered"] is True
+    assert len(replay) == bob.frames[done]["count"] >= 150
+    assert [f["sender_id"] for f in replay[:150]] == [1] * 150
+    ids = [f["id"] for f in bob.of_type("message")]
+    assert len(ids) == len(set(ids)), "no message twice"
+
+
+def test_open_sockets_miss_nothing_acknowledged_across_a_redis_restart(
+    start: Start, clients: Any
+) -> None:
+    port = free_port()
+    own = RedisServer(port=port)
+    url = own.start()
+    try:
+        server = start(url)
+        alice = connect(clients, server, "alice")
+        carol = connect(clients, server, "carol")
+        carol.send({"type": "send", "to": "1_User", "message_text": "before", "ref": "b"})
+        alice.wait_type("message", sender_id=3)
+        own.stop()
+        # While Redis is down a send is refused, and the client is told so.
+        carol.send({"type": "send", "to": "1_User", "message_text": "lost?", "ref": "down"})
+        assert carol.wait_type("error", ref="down")["error"] == "unavailable"
+        own = RedisServer(port=port)
+        own.start()
+        acked: list[str] = []
+        deadline = time.monotonic() + 5
+        n = 0
+        while time.monotonic() < deadline:
+            carol.send({"type": "send", "to": "1_User", "message_text": f"after {n}",
+                        "ref": f"a{n}"})
+            frame = carol.wait(lambda f, n=n: f.get("ref") == f"a{n}", timeout=10)
+            if frame["type"] == "ack":
+                acked.append(frame["message"]["id"])
+            n += 1
+            time.sleep(0.02)
+        assert acked, "no send went through after the restart"
+        from helpers import wait_for
+
+        def all_arrived() -> bool:
+            alice.drain(0.2)
+            return set(acked) <= {f["id"] for f in alice.of_type("message")}
+
+        wait_for(all_arrived, timeout=30, what="every acknowledged message at alice")
+    finally:
+        own.stop()
