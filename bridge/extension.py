@@ -24,11 +24,11 @@ from flask import Flask, current_app, g
 
 from flask_chat import Chat, ChatError, Message, message_sent
 from flask_chat.connection import Connection
-from flask_chat.errors import Forbidden, ValidationError
+from flask_chat.errors import ConfigurationError, ValidationError
 
 from . import protocol
 from .metrics import BRIDGE_METRICS
-from .router import LegacyRouter, subscribe_listener
+from .router import LegacyRouter, Limits, subscribe_listener
 
 log = logging.getLogger("flask_chat_bridge")
 
@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "CHAT_LEGACY_PUBLIC_CHANNELS": (),
     "CHAT_JUGGERNAUT_TRANSLATE": True,
     "CHAT_JUGGERNAUT_MIRROR": False,
+    "CHAT_JUGGERNAUT_MAX_SUBSCRIPTIONS": 100,
+    "CHAT_JUGGERNAUT_FRAME_RATE": 10,
+    "CHAT_JUGGERNAUT_FRAME_BURST": 150,
 }
 
 Translation = tuple[int, str, str]
@@ -78,6 +81,15 @@ class JuggernautBridge:
         ``CHAT_JUGGERNAUT_MIRROR`` (False)
             Publish flask-chat messages on ``juggernaut`` too, to legacy channels (see
             the ``mirror_channels`` hook), for pages still on the legacy Node server.
+        ``CHAT_JUGGERNAUT_MAX_SUBSCRIPTIONS`` (100)
+            Legacy-channel subscriptions per connection (0: no cap); a second subscribe
+            to a channel counts too. Over it, a legacy client's subscribe is dropped, a
+            native client's gets a ``too_many_subscriptions`` error frame.
+        ``CHAT_JUGGERNAUT_FRAME_RATE`` (10)
+            ``subscribe``, ``meta`` and ``event`` frames a second per connection, with
+            bursts of ``CHAT_JUGGERNAUT_FRAME_BURST`` (150: a reconnecting legacy client
+            sends its meta and every subscribe at once); 0: no limit. Over it, a legacy
+            client's frame is dropped, a native client's gets a ``rate_limited`` error.
         """
         if "chat_bridge" in app.extensions:
             raise RuntimeError(
@@ -89,14 +101,16 @@ class JuggernautBridge:
         self.chat = chat
         for name, value in DEFAULTS.items():
             app.config.setdefault(name, value)
+        enabled = app.config["CHAT_JUGGERNAUT_ENABLED"]
+        limits = _limits(app.config) if enabled else None  # checked before registering
         app.extensions["chat_bridge"] = self
-        if not app.config["CHAT_JUGGERNAUT_ENABLED"]:
+        if limits is None:
             return
         from .socketio import legacy
 
         with app.app_context():
             state = chat.state
-        self.router = LegacyRouter(self, app, state)
+        self.router = LegacyRouter(self, app, state, limits)
         state.hub_listeners.append(subscribe_listener(self.router))
         state.hub_listeners.append(self._start_election)
         for kind in ("subscribe", "unsubscribe", "meta", "event"):
@@ -163,9 +177,7 @@ class JuggernautBridge:
             except (ValueError, RecursionError):
                 raise ValidationError("'data' must be JSON (no NaN or Infinity).",
                                       code="invalid_field", field="data") from None
-        if not handle_message(self, conn, frame, conn.user_id or None):
-            raise Forbidden(f"You may not subscribe to {channel!r}.", code="forbidden_channel",
-                            field="channel")
+        handle_message(self, conn, frame, conn.user_id or None)
 
     # -- translation (legacy publish -> chat message) ------------------------------
 
@@ -224,6 +236,27 @@ class JuggernautBridge:
                 "sent_at": message.sent_at}
         payload = {"channels": channels, "data": data, protocol.ORIGIN_KEY: self.instance_id}
         self.chat.state.redis.publish(protocol.PUBLISH_CHANNEL, protocol.dumps(payload))
+
+
+def _limits(config: Any) -> Limits:
+    def number(name: str, minimum: float) -> float:
+        value = config[name]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < minimum:
+            raise ConfigurationError(f"{name} must be a number of at least {minimum:g}, "
+                                     f"not {value!r}.")
+        return float(value)
+
+    cap = config["CHAT_JUGGERNAUT_MAX_SUBSCRIPTIONS"]
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+        raise ConfigurationError("CHAT_JUGGERNAUT_MAX_SUBSCRIPTIONS must be a whole number "
+                                 f"of at least 0, not {cap!r}.")
+    limits = Limits(cap, number("CHAT_JUGGERNAUT_FRAME_RATE", 0),
+                    number("CHAT_JUGGERNAUT_FRAME_BURST", 1))
+    if limits.frame_rate and cap and limits.frame_burst < cap + 1:
+        log.warning("flask-chat bridge: CHAT_JUGGERNAUT_FRAME_BURST (%g) is below "
+                    "CHAT_JUGGERNAUT_MAX_SUBSCRIPTIONS + 1 (%d): a legacy client that "
+                    "reconnects with all its channels loses some", limits.frame_burst, cap + 1)
+    return limits
 
 
 _HOLD = """

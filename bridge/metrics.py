@@ -22,6 +22,17 @@ class _BridgeMetrics:
             "flask_chat_juggernaut_refused_subscriptions",
             "Subscriptions to legacy channels the client may not read.",
         )
+        self.limited = Counter(
+            "flask_chat_juggernaut_limited_frames",
+            "Legacy-channel frames dropped (legacy clients) or refused (native clients) over "
+            "a per-connection limit: the frame rate or the number of subscriptions.",
+            ["reason"],
+        )
+        self.refused_connections = Counter(
+            "flask_chat_juggernaut_refused_connections",
+            "socket.io handshakes and websockets refused (origin not allowed, no handshake).",
+            ["reason"],
+        )
         self.translated = Counter(
             "flask_chat_juggernaut_translated", "Legacy publishes turned into chat messages."
         )

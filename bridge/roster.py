@@ -2,9 +2,11 @@
 event is published — also when an instance dies (the legacy Node server published none
 then, and Rails rosters drifted).
 
-Per session (socket.io session id or flask-chat connection id): a hash with its channels
-and meta, and an expiry in a sorted set renewed by the instance that holds it. When it
-expires, whichever instance's reaper removes it first publishes its unsubscribes, once.
+Per session (socket.io session id or flask-chat connection id): a hash with one field
+per channel and one for the meta, and an expiry in a sorted set renewed by the instance
+that holds it. A subscribe or an unsubscribe writes its one field (one round trip,
+whatever the number of channels). When the expiry passes, whichever instance's reaper
+removes the session first publishes its unsubscribes, once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ import redis
 
 from . import protocol
 
+_META = "meta"
+# Channel fields: "c:" + the channel's key as JSON (never "meta"; ASCII, so a name with
+# a lone surrogate can be a field); the value is [order, name], the order of the first
+# subscribe (unsubscribes follow it) and the name it was made with (None for the
+# channel "undefined" joined without a name).
+_CHANNEL = "c:"
+# What the previous release wrote: every channel, in one JSON list, rewritten each time.
+_OLD_CHANNELS = "channels"
+
 
 class Roster:
     def __init__(self, client: redis.Redis, prefix: str, ttl: float) -> None:
@@ -28,15 +39,43 @@ class Roster:
     def _key(self, session_id: str) -> str:
         return f"{self.prefix}:jug:session:{session_id}"
 
-    def save(self, session_id: str, channels: list[str], meta: Any) -> None:
-        fields: dict[Any, Any] = {"channels": json.dumps(channels)}
-        if meta is not protocol.NO_META:
-            fields["meta"] = json.dumps(meta)
+    def add(self, session_id: str, channel: str | None, order: int,
+            meta: Any = protocol.NO_META, write_meta: bool = False,
+            event: tuple[str, str] | None = None) -> None:
+        """A subscribe, and its ``event`` (Redis channel, payload) published in the same
+        round trip. A second subscribe to a channel changes nothing here: the first
+        one's name and place are kept, as the unsubscribes on disconnect use them."""
+        key = self._key(session_id)
         pipe = self.client.pipeline(transaction=False)
-        pipe.delete(self._key(session_id))
-        pipe.hset(self._key(session_id), mapping=fields)
+        pipe.hsetnx(key, _field(channel), json.dumps([order, channel]))
+        if write_meta:
+            self._meta(pipe, key, meta)
         pipe.zadd(self.sessions_key, {session_id: time.time() + self.ttl})
+        if event is not None:
+            pipe.publish(*event)
         pipe.execute()
+
+    def remove(self, session_id: str, channel: str | None,
+               event: tuple[str, str] | None = None) -> None:
+        """An unsubscribe (of every subscribe to that channel), and its ``event``."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(self._key(session_id), _field(channel))
+        pipe.zadd(self.sessions_key, {session_id: time.time() + self.ttl})
+        if event is not None:
+            pipe.publish(*event)
+        pipe.execute()
+
+    def set_meta(self, session_id: str, meta: Any) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        self._meta(pipe, self._key(session_id), meta)
+        pipe.execute()
+
+    @staticmethod
+    def _meta(pipe: Any, key: str, meta: Any) -> None:
+        if meta is protocol.NO_META:
+            pipe.hdel(key, _META)  # a meta frame without data: no meta key in events
+        else:
+            pipe.hset(key, _META, json.dumps(meta))
 
     def renew(self, session_ids: list[str]) -> None:
         if session_ids:
@@ -50,7 +89,7 @@ class Roster:
         pipe.delete(self._key(session_id))
         return bool(pipe.execute()[0])
 
-    def reap(self) -> list[tuple[str, list[str], Any]]:
+    def reap(self) -> list[tuple[str, list[str | None], Any]]:
         """Sessions whose instance died: (session id, channels, meta) for each one this
         call claimed, so their unsubscribes are published exactly once."""
         expired = self.client.zrangebyscore(self.sessions_key, "-inf", time.time(), 0, 200)
@@ -59,6 +98,21 @@ class Roster:
             session_id = str(sid)
             data = self.client.hgetall(self._key(session_id))
             if self.forget(session_id):
-                meta = json.loads(data["meta"]) if "meta" in data else protocol.NO_META
-                claimed.append((session_id, json.loads(data.get("channels", "[]")), meta))
+                meta = json.loads(data[_META]) if _META in data else protocol.NO_META
+                claimed.append((session_id, _channels(data), meta))
         return claimed
+
+
+def _field(channel: str | None) -> str:
+    return _CHANNEL + json.dumps(protocol.channel_key(channel))
+
+
+def _channels(data: dict[Any, Any]) -> list[str | None]:
+    """A session's channels in the order first subscribed."""
+    if _OLD_CHANNELS in data:  # written by an instance of the previous release
+        old: list[str | None] = json.loads(data[_OLD_CHANNELS])
+        return old
+    entries = sorted(
+        (json.loads(v) for k, v in data.items() if k.startswith(_CHANNEL)), key=lambda e: e[0]
+    )
+    return [name for _, name in entries]

@@ -9,7 +9,9 @@ through. Clients are legacy socket.io 0.8 browsers and flask-chat clients alike.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -30,13 +32,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_chat_bridge.router")
 
 LEGACY = "juggernaut_legacy"  # Connection.data key: True for socket.io 0.8 clients
+_BUCKET = "juggernaut_bucket"  # Connection.data key: [tokens, when] of its frame rate
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per connection: legacy subscriptions (0: no cap), and the token bucket of its
+    subscribe / meta / event frames (rate 0: no limit). From the CHAT_JUGGERNAUT_*
+    settings (extension.py)."""
+
+    max_subscriptions: int
+    frame_rate: float
+    frame_burst: float
 
 
 class LegacyRouter:
-    def __init__(self, bridge: JuggernautBridge, app: Flask, state: ChatState) -> None:
+    def __init__(self, bridge: JuggernautBridge, app: Flask, state: ChatState,
+                 limits: Limits) -> None:
         self.bridge = bridge
         self.app = app
         self.state = state
+        self.limits = limits
         self.roster = Roster(state.redis, state.keys.prefix, state.config.presence_ttl)
         # channel -> connections, one entry per subscribe (a client that subscribed
         # twice gets every message twice, as with Juggernaut).
@@ -56,12 +72,43 @@ class LegacyRouter:
 
     key = staticmethod(protocol.channel_key)
 
+    def subscription_count(self, conn: Connection) -> int:
+        """Its subscribes in force, a second one to the same channel included (it costs
+        a second delivery of every message, as with Juggernaut)."""
+        session = conn.data.get("juggernaut")
+        return len(session["channels"]) if session else 0
+
+    def over_subscription_cap(self, conn: Connection) -> bool:
+        cap = self.limits.max_subscriptions
+        return bool(cap) and self.subscription_count(conn) >= cap
+
+    def take_frame(self, conn: Connection) -> bool:
+        """One token from the connection's bucket; False when it is empty. In process
+        memory: a connection lives in one process."""
+        rate = self.limits.frame_rate
+        if not rate:
+            return True
+        now = time.monotonic()
+        bucket: list[float] | None = conn.data.get(_BUCKET)
+        if bucket is None:
+            bucket = conn.data[_BUCKET] = [self.limits.frame_burst, now]
+        tokens = min(self.limits.frame_burst, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1
+        return True
+
     def subscribe(self, conn: Connection, channel: str | None) -> None:
         self.subscribers.setdefault(self.key(channel), []).append(conn)
         session = self.session(conn)
+        # The meta goes to the roster with the first channel; later, set_meta writes it.
+        first = not session["channels"]
         session["channels"].append(channel)
-        self.roster.save(conn.id, session["channels"], session["meta"])
-        self.publish_event("subscribe", conn, channel=channel)
+        session["order"] = order = session.get("order", 0) + 1
+        self.roster.add(conn.id, channel, order, session["meta"], write_meta=first,
+                        event=self._event("subscribe", conn, channel=channel))
 
     def unsubscribe(self, conn: Connection, channel: str | None) -> None:
         session = self.session(conn)
@@ -71,14 +118,14 @@ class LegacyRouter:
             return  # Juggernaut sends no event for a channel the client was not in
         session["channels"] = [c for c in session["channels"] if self.key(c) != key]
         self._drop(conn, key)
-        self.roster.save(conn.id, session["channels"], session["meta"])
-        self.publish_event("unsubscribe", conn, channel=names[0])
+        self.roster.remove(conn.id, channel,
+                           event=self._event("unsubscribe", conn, channel=names[0]))
 
     def set_meta(self, conn: Connection, meta: Any) -> None:
         session = self.session(conn)
         session["meta"] = meta
         if session["channels"]:
-            self.roster.save(conn.id, session["channels"], meta)
+            self.roster.set_meta(conn.id, meta)
 
     def custom(self, conn: Connection, data: Any) -> None:
         self.publish_event("custom", conn, data=data)
@@ -119,12 +166,17 @@ class LegacyRouter:
         if not members:
             del self.subscribers[channel]
 
-    def publish_event(self, kind: str, conn: Connection, channel: str | None = None,
-                      data: Any = protocol.NO_META) -> None:
+    def _event(self, kind: str, conn: Connection, channel: str | None = None,
+               data: Any = protocol.NO_META) -> tuple[str, str]:
+        """(Redis channel, payload) of a ``juggernaut:<kind>`` event."""
         session = self.session(conn)
         payload = protocol.event_payload(kind, conn.id, session["meta"], channel=channel,
                                          data=data)
-        self._publish(protocol.EVENT_CHANNELS[kind], payload)
+        return protocol.EVENT_CHANNELS[kind], payload
+
+    def publish_event(self, kind: str, conn: Connection, channel: str | None = None,
+                      data: Any = protocol.NO_META) -> None:
+        self._publish(*self._event(kind, conn, channel=channel, data=data))
 
     def _publish(self, channel: str, payload: str) -> None:
         self.state.redis.publish(channel, payload)

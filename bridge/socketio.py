@@ -4,6 +4,11 @@
 transport. The session id is kept in Redis for the minute between the two requests, so
 the handshake and the websocket may land on different instances: no sticky sessions.
 Frames are handled by flask-chat's own lean connection loop, like its native clients.
+
+Both requests follow ``/chats/ws``'s Origin rule (the app's own origin and
+``CHAT_WS_ALLOWED_ORIGINS``; no Origin: not a browser). The handshake carries no
+identity, JSONP or not: the connection is the user its websocket upgrade's own cookie
+says, so a session id fetched with someone's cookie is worth nothing without it.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from gevent.event import Event
 
 from flask_chat import protocol as chat_protocol
 from flask_chat.connection import Connection
-from flask_chat.errors import ConfigurationError
+from flask_chat.errors import ChatError, ConfigurationError, Forbidden, ValidationError
+from flask_chat.messaging import RateLimited
 from flask_chat.protocol import ws_frame
 from flask_chat.server import check_gevent_patched
-from flask_chat.websocket import accept_socket, get_hub, hand_over
+from flask_chat.websocket import _origin_allowed, accept_socket, get_hub, hand_over
 
 from . import protocol
 from .metrics import BRIDGE_METRICS
@@ -40,6 +46,13 @@ _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 _TRANSPORTS = "websocket"
 
 _NATIVE_RECONNECT = ws_frame(chat_protocol.reconnect())
+
+_KINDS = frozenset(("subscribe", "unsubscribe", "meta", "event"))
+_WARNED = "juggernaut_warned"  # Connection.data key: the limits it was logged over
+
+
+class TooManySubscriptions(ValidationError):
+    code = "too_many_subscriptions"
 
 
 class LegacyConnection(Connection):
@@ -66,12 +79,26 @@ def _sid_key(sid: str) -> str:
 
 
 def _cors(response: Response) -> Response:
-    # As socket.io 0.8 did: pages on another port (the Juggernaut port) handshake here.
+    # As socket.io 0.8 did, for the origins allowed (the others were refused): a legacy
+    # page on another port (the Juggernaut port) handshakes here.
     origin = request.headers.get("Origin")
     if origin:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Credentials"] = "true"
+    response.vary.add("Origin")
     return response
+
+
+def _origin_refused(what: str) -> Response | None:
+    """A 403 for a browser page of an origin not allowed (cross-site websocket
+    hijacking: its requests carry the user's cookie); None when allowed."""
+    if _origin_allowed(_bridge().chat.state.config.allowed_origins):
+        return None
+    BRIDGE_METRICS.refused_connections.labels("origin").inc()
+    log.info("flask-chat bridge: refused a socket.io %s from origin %.200r "
+             "(not in CHAT_WS_ALLOWED_ORIGINS)", what, request.headers.get("Origin"))
+    body = {"error": "forbidden_origin", "message": f"Cross-site socket.io {what} refused."}
+    return current_app.response_class(json.dumps(body), status=403, mimetype="application/json")
 
 
 @legacy.get("/application.js")
@@ -82,11 +109,15 @@ def juggernaut_client() -> Response:
 
 @legacy.get("/socket.io/1/")
 def handshake() -> Response:
-    bridge = _bridge()
-    state = bridge.chat.state
+    refused = _origin_refused("handshake")
+    if refused is not None:
+        return refused
+    state = _bridge().chat.state
     sid = str(secrets.randbelow(9 * 10**18) + 10**18)  # 19 digits, as socket.io's were
-    user_id = bridge.chat.current_user_id()
-    state.redis.set(_sid_key(sid), json.dumps({"user_id": user_id}), ex=60)
+    # No user id: JSONP (a script tag) carries the cookie of any page's visitor past
+    # CORS, and the sid goes wherever the page sends it. The websocket's own cookie
+    # says who the connection is.
+    state.redis.set(_sid_key(sid), "{}", ex=60)
     body = f"{sid}:{protocol.HEARTBEAT_TIMEOUT}:{protocol.CLOSE_TIMEOUT}:{_TRANSPORTS}"
     jsonp = request.args.get("jsonp")
     if jsonp is not None and jsonp.isdigit():
@@ -107,14 +138,17 @@ def websocket(sid: str) -> Response:
         check_gevent_patched()
     except ConfigurationError as exc:
         return current_app.response_class(str(exc), status=500)
-    record = state.redis.getdel(_sid_key(sid))
-    if record is None or not sid.isdigit():
+    refused = _origin_refused("websocket")
+    if refused is not None:
+        return refused
+    if not sid.isdigit() or state.redis.getdel(_sid_key(sid)) is None:
+        BRIDGE_METRICS.refused_connections.labels("not handshaken").inc()
         return current_app.response_class("client not handshaken", status=403)
     if state.hub is not None and state.hub.draining:
         return current_app.response_class("reconnect elsewhere", status=503)
     # The browser sends the app's session cookie with the upgrade (cookies are per host,
-    # not per port); the handshake's is the fallback.
-    user_id = chat.current_user_id() or json.loads(record).get("user_id")
+    # not per port). Its own, never the handshake's: anonymous without one.
+    user_id = chat.current_user_id()
     hub = get_hub(chat, state)
     router = bridge.router
     assert router is not None
@@ -165,16 +199,34 @@ def handle_frame(bridge: JuggernautBridge, conn: Connection, text: str) -> None:
         return
     if not isinstance(message, dict):
         return
-    handle_message(bridge, conn, message, conn.data.get("user_id"))
+    try:
+        handle_message(bridge, conn, message, conn.data.get("user_id"))
+    except ChatError:
+        pass  # refused or over a limit: ignored, as the legacy protocol has no errors
 
 
 def handle_message(bridge: JuggernautBridge, conn: Connection, message: dict[str, Any],
-                   user_id: int | None) -> bool:
+                   user_id: int | None) -> None:
     """subscribe / unsubscribe / meta / event, from a legacy or a native client.
-    Returns False for a subscription the client may not make."""
+
+    Raises a ChatError for what the client may not do (counted here): a subscription
+    it may not make, one over ``CHAT_JUGGERNAUT_MAX_SUBSCRIPTIONS``, a frame over
+    ``CHAT_JUGGERNAUT_FRAME_RATE``. A native client gets it as an error frame; a legacy
+    client's frame is dropped, as Juggernaut had no error frames."""
     router = bridge.router
     assert router is not None
     kind = message.get("type")
+    if not isinstance(kind, str) or kind not in _KINDS:  # a list is no key of a set
+        log.debug("flask-chat bridge: unknown message type %.100r from %s", kind, conn.id)
+        return
+    # Never an unsubscribe: it only undoes a subscribe (itself limited), and dropping it
+    # would leave the client subscribed.
+    if kind != "unsubscribe" and not router.take_frame(conn):
+        limits = router.limits
+        _over_limit(conn, "rate", "over the frame rate limit (%g a second, bursts of %g)",
+                    limits.frame_rate, limits.frame_burst)
+        raise RateLimited(f"Too many legacy-channel frames: at most {limits.frame_rate:g} "
+                          "a second.")
     if kind in ("subscribe", "unsubscribe"):
         # Juggernaut's getChannel(): the first of ``channels || channel``; none at all is
         # the channel "undefined" (whose events have no channel key).
@@ -184,19 +236,33 @@ def handle_message(bridge: JuggernautBridge, conn: Connection, message: dict[str
             channel = _js_string(channel)
         if kind == "unsubscribe":
             router.unsubscribe(conn, channel)
-            return True
+            return
+        if router.over_subscription_cap(conn):
+            cap = router.limits.max_subscriptions
+            _over_limit(conn, "subscriptions", "at the subscription limit (%d)", cap)
+            raise TooManySubscriptions(
+                f"At most {cap} legacy-channel subscriptions per connection.", field="channel"
+            )
         if not bridge.may_subscribe(user_id, router.key(channel)):
             BRIDGE_METRICS.refused.inc()
-            log.info("flask-chat bridge: refused %s a subscription to %r", conn.id, channel)
-            return False
+            log.info("flask-chat bridge: refused %s a subscription to %.200r", conn.id, channel)
+            raise Forbidden(f"You may not subscribe to {channel!r}.", code="forbidden_channel",
+                            field="channel")
         router.subscribe(conn, channel)
     elif kind == "meta":
         router.set_meta(conn, message.get("data", protocol.NO_META))
-    elif kind == "event":
-        router.custom(conn, message.get("data", protocol.NO_META))
     else:
-        log.debug("flask-chat bridge: unknown message type %r from %s", kind, conn.id)
-    return True
+        router.custom(conn, message.get("data", protocol.NO_META))
+
+
+def _over_limit(conn: Connection, reason: str, why: str, *args: Any) -> None:
+    """Count a frame over a limit; log it once per connection and limit."""
+    BRIDGE_METRICS.limited.labels(reason).inc()
+    warned: set[str] = conn.data.setdefault(_WARNED, set())
+    if reason not in warned:
+        warned.add(reason)
+        log.warning("flask-chat bridge: connection %s is " + why + "; its frames over it are "
+                    "dropped (legacy clients) or refused (native clients)", conn.id, *args)
 
 
 def _js_string(value: Any) -> str:

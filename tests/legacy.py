@@ -243,9 +243,45 @@ class LineProcess:
             self.proc.stdout.close()
 
 
+# Preloaded into client.js (NODE_OPTIONS) to make it send what a browser sends and
+# Node does not: the page's Origin and the app's cookie, on the handshake (node's http,
+# under socket.io-client's XMLHttpRequest) and on the websocket (Node's WebSocket).
+_BROWSER_HEADERS_JS = r"""
+"use strict";
+const extra = JSON.parse(process.env.FLASK_CHAT_TEST_HEADERS || "{}");
+const http = require("http");
+const request = http.request;
+http.request = function (options) {
+  if (options && typeof options === "object" && !(options instanceof URL)) {
+    options.headers = Object.assign({}, options.headers || {}, extra);
+  }
+  return request.apply(this, arguments);
+};
+if (typeof globalThis.WebSocket !== "undefined") {
+  const Base = globalThis.WebSocket;
+  globalThis.WebSocket = class extends Base {
+    constructor(url, protocols) {
+      super(url, { protocols: protocols === undefined ? [] : protocols, headers: extra });
+    }
+  };
+}
+"""
+
+
+def _browser_env(stack: LegacyStack, headers: dict[str, str]) -> dict[str, str]:
+    preload = os.path.join(stack.run_dir, "browser-headers.js")
+    if not os.path.exists(preload):
+        with open(preload, "w") as f:
+            f.write(_BROWSER_HEADERS_JS)
+    options = (stack.env.get("NODE_OPTIONS", "") + f" --require {preload}").strip()
+    return dict(stack.env, NODE_OPTIONS=options, FLASK_CHAT_TEST_HEADERS=json.dumps(headers))
+
+
 class JugClient(LineProcess):
     """The real Juggernaut browser client (``client.js``, socket.io-client 0.8.7) on
-    ``port``, driven through ``--stdin``: every line it prints is kept."""
+    ``port``, driven through ``--stdin``: every line it prints is kept. ``headers``
+    (``Origin``, ``Cookie``) are sent with the handshake and the websocket, as a
+    browser sends them."""
 
     def __init__(
         self,
@@ -254,13 +290,15 @@ class JugClient(LineProcess):
         channels: Iterable[str] = (),
         meta: Any = None,
         raw: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> None:
         args = ["node", stack.path("client.js"), "--port", str(port), "--stdin"]
         if meta is not None:
             args += ["--meta", json.dumps(meta)]
         if raw:
             args.append("--raw")
-        super().__init__(args + list(channels), stack.env, stdin=True)
+        env = _browser_env(stack, headers) if headers else stack.env
+        super().__init__(args + list(channels), env, stdin=True)
         self.port = port
         self.session_id = ""
 
@@ -410,30 +448,47 @@ class Instance(DemoServer):
 # -- a raw socket.io 0.8 client ----------------------------------------------------------
 
 
-def sio_handshake(port: int, cookie: str = "") -> str:
-    """``GET /socket.io/1/``: the session id (the rest is timeouts and transports)."""
+def sio_get_handshake(
+    port: int, cookie: str = "", headers: dict[str, str] | None = None, query: str = ""
+) -> tuple[int, http.client.HTTPMessage, str]:
+    """``GET /socket.io/1/``: status, headers and body."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request(
             "GET",
-            f"/socket.io/1/?t={int(time.time() * 1000)}",
-            headers={"Cookie": cookie} if cookie else {},
+            f"/socket.io/1/?t={int(time.time() * 1000)}{query}",
+            headers={**({"Cookie": cookie} if cookie else {}), **(headers or {})},
         )
         resp = conn.getresponse()
         body = resp.read().decode()
     finally:
         conn.close()
-    assert resp.status == 200, (resp.status, body)
+    return resp.status, resp.headers, body
+
+
+def sio_handshake(port: int, cookie: str = "", headers: dict[str, str] | None = None) -> str:
+    """``GET /socket.io/1/``: the session id (the rest is timeouts and transports)."""
+    status, _, body = sio_get_handshake(port, cookie, headers)
+    assert status == 200, (status, body)
     return body.split(":", 1)[0]
 
 
 class RawSio:
     """socket.io 0.8 over websocket by hand, for what the stock client cannot send (meta
     null, a subscribe without a channel) or do (handshake on one instance, connect to
-    another)."""
+    another; a cookie on the handshake only: ``upgrade_cookie``; the ``session_id`` of a
+    handshake made elsewhere)."""
 
-    def __init__(self, port: int, cookie: str = "", handshake_port: int | None = None) -> None:
-        self.session_id = sio_handshake(handshake_port or port, cookie)
+    def __init__(
+        self,
+        port: int,
+        cookie: str = "",
+        handshake_port: int | None = None,
+        upgrade_cookie: str | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self.session_id = session_id or sio_handshake(handshake_port or port, cookie)
+        cookie = cookie if upgrade_cookie is None else upgrade_cookie
         self.ws = websocket.create_connection(
             f"ws://127.0.0.1:{port}/socket.io/1/websocket/{self.session_id}",
             cookie=cookie or None,

@@ -32,7 +32,9 @@ from typing import Any
 
 import pytest
 import redis
+import websocket
 from conftest import require
+from flask_chat_bridge import protocol
 from helpers import ROOT, Client, free_port, http_json, login_cookie, wait_for
 from legacy import (
     EventWatch,
@@ -45,6 +47,8 @@ from legacy import (
     js_view,
     legacy_dir,
     role_names,
+    sio_get_handshake,
+    sio_handshake,
 )
 
 from flask_chat.embedded import RedisServer
@@ -104,10 +108,22 @@ class World:
         server = self.keep(Instance(redis_url or self.stack.redis_url, port=port, **settings))
         return server.start()
 
-    def legacy(self, port: int, *channels: str, meta: Any = None, raw: bool = False) -> JugClient:
-        """The real Juggernaut browser client on ``port``, connected."""
-        client = self.keep(JugClient(self.stack, port, channels, meta=meta, raw=raw))
-        client.connected()
+    def legacy(
+        self,
+        port: int,
+        *channels: str,
+        meta: Any = None,
+        raw: bool = False,
+        headers: dict[str, str] | None = None,
+        connect: bool = True,
+    ) -> JugClient:
+        """The real Juggernaut browser client on ``port``, connected (unless not
+        ``connect``); ``headers`` are what a browser adds (``Origin``, ``Cookie``)."""
+        client = self.keep(
+            JugClient(self.stack, port, channels, meta=meta, raw=raw, headers=headers)
+        )
+        if connect:
+            client.connected()
         return client
 
     def native(self, server: Instance, name: str, *channels: str) -> Client:
@@ -119,8 +135,14 @@ class World:
             client.send({"type": "subscribe", "channel": channel})
         return client
 
-    def raw(self, port: int, cookie: str = "", handshake_port: int | None = None) -> RawSio:
-        return self.keep(RawSio(port, cookie, handshake_port))
+    def raw(
+        self,
+        port: int,
+        cookie: str = "",
+        handshake_port: int | None = None,
+        upgrade_cookie: str | None = None,
+    ) -> RawSio:
+        return self.keep(RawSio(port, cookie, handshake_port, upgrade_cookie))
 
     def listener(self) -> GemListener:
         return self.keep(GemListener(self.stack))
@@ -909,3 +931,348 @@ def test_who_may_subscribe_to_which_legacy_channel(stack: LegacyStack, world: Wo
             "session_id": alice.session_id,
         }
     assert watch.count("unsubscribe", session_id=alice.session_id) == 3
+
+
+# -- 8. cross-site websocket hijacking -------------------------------------------------
+
+EVIL = "http://evil.example"
+
+
+def metric(port: int, sample: str) -> float:
+    """The value of one sample (``name{labels}``) on ``/metrics``; 0 when absent."""
+    _, text = http_json(port, "GET", "/metrics")
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    return 0.0
+
+
+def cors_headers(headers: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith("access-control")}
+
+
+def test_a_cross_origin_handshake_gets_no_credentialed_cors(
+    stack: LegacyStack, world: World
+) -> None:
+    page = f"http://127.0.0.1:{stack.jug_port}"  # the legacy page, on the Juggernaut port
+    server = world.server(CHAT_WS_ALLOWED_ORIGINS=[page])
+    bob = login_cookie(server.port, "bob")
+
+    # A page on another site, with the logged-in user's cookie (a browser sends it).
+    status, headers, body = sio_get_handshake(server.port, bob, {"Origin": EVIL})
+    assert status == 403, body
+    assert cors_headers(headers) == {}
+    assert json.loads(body)["error"] == "forbidden_origin"
+    status, headers, body = sio_get_handshake(server.port, bob, {"Origin": "null"})
+    assert status == 403 and cors_headers(headers) == {}
+    assert (
+        metric(server.port, 'flask_chat_juggernaut_refused_connections_total{reason="origin"}') == 2
+    )
+
+    # An allowed page gets its CORS answer (as socket.io 0.8 gave it); no Origin: none.
+    status, headers, body = sio_get_handshake(server.port, bob, {"Origin": page})
+    assert status == 200, body
+    assert cors_headers(headers) == {
+        "access-control-allow-origin": page,
+        "access-control-allow-credentials": "true",
+    }
+    assert "Origin" in headers.get("Vary", "")
+    status, headers, body = sio_get_handshake(server.port, bob)
+    assert status == 200 and body.split(":")[1:] == ["15", "25", "websocket"]
+    assert cors_headers(headers) == {}
+
+
+def test_a_cross_origin_websocket_upgrade_is_refused(stack: LegacyStack, world: World) -> None:
+    page = f"http://127.0.0.1:{stack.jug_port}"
+    server = world.server(CHAT_WS_ALLOWED_ORIGINS=[page])
+    bob = login_cookie(server.port, "bob")
+    url = f"ws://127.0.0.1:{server.port}/socket.io/1/websocket/"
+    for origin in (EVIL, "null", f"http://127.0.0.1:{free_port()}"):  # another port too
+        sid = sio_handshake(server.port, bob)
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            websocket.create_connection(url + sid, cookie=bob, origin=origin, timeout=10)
+        assert refused.value.status_code == 403
+        body = refused.value.resp_body
+        assert body is not None and json.loads(body)["error"] == "forbidden_origin"
+    assert (
+        metric(server.port, 'flask_chat_juggernaut_refused_connections_total{reason="origin"}') == 3
+    )
+    # The app's own page and an allowed one connect.
+    for origin in (f"http://127.0.0.1:{server.port}", page):
+        ws = websocket.create_connection(
+            url + sio_handshake(server.port, bob), cookie=bob, origin=origin, timeout=10
+        )
+        try:
+            assert ws.recv() == "1::"
+        finally:
+            ws.close()
+
+
+def test_the_websocket_is_the_user_of_its_own_cookie_never_of_the_handshake(
+    stack: LegacyStack, world: World
+) -> None:
+    server = world.server()
+    watch = world.watch()
+    bob = login_cookie(server.port, "bob")
+    alice = login_cookie(server.port, "alice")
+    # A sid obtained with bob's cookie (by XHR, or by JSONP from any page: a script tag
+    # carries the cookie and CORS does not apply), used without it.
+    status, _, body = sio_get_handshake(
+        server.port, bob, {"Referer": EVIL + "/page"}, query="&jsonp=0"
+    )
+    assert status == 200 and body.startswith("io.j[0](")
+    jsonp_sid = json.loads(body[len("io.j[0](") : -2]).split(":")[0]
+    stolen = world.keep(RawSio(server.port, session_id=jsonp_sid))
+    without = world.raw(server.port, cookie=bob, upgrade_cookie="")
+    as_alice = world.raw(server.port, cookie=bob, upgrade_cookie=alice)
+    for client in (stolen, without, as_alice):
+        client.send({"type": "subscribe", "channel": "/chats/user_2"})
+        client.send({"type": "subscribe", "channel": "channel_public"})
+        watch.wait("subscribe", session_id=client.session_id, channel="channel_public")
+    as_alice.send({"type": "subscribe", "channel": "/chats/user_1"})
+    watch.wait("subscribe", session_id=as_alice.session_id, channel="/chats/user_1")
+
+    stack.publish("/chats/user_2", "for bob only")
+    stack.publish("/chats/user_1", "for alice only")
+    stack.publish("channel_public", "end")
+    for client in (stolen, without, as_alice):
+        client.wait_message(is_end("channel_public"))
+    assert data_of(stolen.messages()) == ["end"]
+    assert data_of(without.messages()) == ["end"]
+    assert data_of(as_alice.messages()) == ["for alice only", "end"]
+    assert watch.count("subscribe", channel="/chats/user_2") == 0
+    assert metric(server.port, "flask_chat_juggernaut_refused_subscriptions_total") == 3
+
+
+def test_the_real_client_works_from_an_allowed_origin_and_not_from_another(
+    stack: LegacyStack, world: World
+) -> None:
+    page = f"http://127.0.0.1:{stack.jug_port}"  # the legacy page, app on another port
+    server = world.server(CHAT_WS_ALLOWED_ORIGINS=[page])
+    watch = world.watch()
+    bob = login_cookie(server.port, "bob")
+    browser = {"Origin": page, "Cookie": bob}
+    jug = world.legacy(server.port, "/chats/user_2", "channel_page", headers=browser)
+    for channel in ("/chats/user_2", "channel_page"):
+        watch.wait("subscribe", session_id=jug.session_id, channel=channel)
+    stack.publish("/chats/user_2", {"text": "for bob"})
+    assert jug.wait_data(lambda m: True) == {
+        "data": {"text": "for bob"},
+        "channel": "/chats/user_2",
+    }
+
+    # The same page served from another site: the handshake is refused, nothing
+    # connects, nothing is subscribed.
+    refused = 'flask_chat_juggernaut_refused_connections_total{reason="origin"}'
+    world.legacy(
+        server.port, "channel_page", headers={"Origin": EVIL, "Cookie": bob}, connect=False
+    )
+    wait_for(lambda: metric(server.port, refused) >= 1, what="the refused handshake")
+    stack.publish("channel_page", "end")
+    jug.wait_data(is_end("channel_page"))
+    assert watch.count("subscribe", channel="channel_page") == 1
+
+
+# -- 9. limits on legacy frames ----------------------------------------------------------
+
+
+def test_subscriptions_over_the_cap_are_dropped_for_legacy_and_refused_for_native(
+    stack: LegacyStack, world: World
+) -> None:
+    server = world.server(CHAT_JUGGERNAUT_MAX_SUBSCRIPTIONS=3)
+    watch = world.watch()
+    over = 'flask_chat_juggernaut_limited_frames_total{reason="subscriptions"}'
+    legacy = world.raw(server.port)
+    for n in (1, 2, 2, 3, 4):  # a second subscribe to a channel counts too
+        legacy.send({"type": "subscribe", "channel": f"channel_cap_{n}"})
+    legacy.send({"type": "event", "data": "marker"})  # frames are handled in order
+    watch.wait("custom", session_id=legacy.session_id)
+    assert watch.count("subscribe", session_id=legacy.session_id) == 3
+    assert watch.count("subscribe", channel="channel_cap_3") == 0
+    assert metric(server.port, over) == 2
+    stack.publish("channel_cap_3", "dropped")
+    stack.publish("channel_cap_1", "end")
+    legacy.wait_message(is_end("channel_cap_1"))
+    assert data_of(legacy.messages()) == ["end"]
+    # Leaving a channel makes room again.
+    legacy.send({"type": "unsubscribe", "channel": "channel_cap_2"})
+    legacy.send({"type": "subscribe", "channel": "channel_cap_4"})
+    watch.wait("subscribe", session_id=legacy.session_id, channel="channel_cap_4")
+    assert server.read_log().count("subscription limit") == 1  # logged once
+
+    native = world.native(server, "alice")
+    for ref in (1, 2, 3, 4):
+        native.send({"type": "subscribe", "channel": f"channel_cap_{ref}", "ref": ref})
+    error = native.wait_type("error", ref=4)
+    assert error["error"] == "too_many_subscriptions" and error["field"] == "channel"
+    for channel in ("channel_cap_1", "channel_cap_2", "channel_cap_3"):
+        watch.wait("subscribe", session_id=native.session_id, channel=channel)
+    native.send({"type": "ping"})
+    native.wait_type("pong")
+    assert len(native.of_type("error")) == 1
+    assert watch.count("subscribe", session_id=native.session_id) == 3
+    assert metric(server.port, over) == 3
+
+
+def test_a_flood_of_legacy_frames_is_rate_limited(stack: LegacyStack, world: World) -> None:
+    server = world.server(CHAT_JUGGERNAUT_FRAME_RATE=1, CHAT_JUGGERNAUT_FRAME_BURST=5)
+    watch = world.watch()
+    limited = 'flask_chat_juggernaut_limited_frames_total{reason="rate"}'
+    legacy = world.raw(server.port)
+    started = time.monotonic()
+    for n in range(200):
+        legacy.send({"type": "event", "data": n})
+    wait_for(
+        lambda: (
+            watch.count("custom", session_id=legacy.session_id) + metric(server.port, limited)
+            == 200
+        ),
+        timeout=30,
+        what="every event frame handled",
+    )
+    elapsed = time.monotonic() - started
+    published = watch.count("custom", session_id=legacy.session_id)
+    assert 5 <= published <= 5 + elapsed * 1 + 1
+    assert server.read_log().count("frame rate limit") == 1  # logged once
+
+    # A native client's frames over the limit get an error frame with their ref; an
+    # unsubscribe is never limited (dropping it would leave the client subscribed).
+    native = world.native(server, "alice")
+    native.send({"type": "subscribe", "channel": "channel_rate", "ref": 0})
+    watch.wait("subscribe", session_id=native.session_id, channel="channel_rate")
+    for ref in range(1, 11):
+        native.send({"type": "event", "data": ref, "ref": ref})
+    native.send({"type": "unsubscribe", "channel": "channel_rate", "ref": 11})
+    watch.wait("unsubscribe", session_id=native.session_id, channel="channel_rate")
+    native.send({"type": "ping"})
+    native.wait_type("pong")
+    errors = native.of_type("error")
+    assert errors and {e["error"] for e in errors} == {"rate_limited"}
+    assert all(isinstance(e["ref"], int) and 5 <= e["ref"] <= 10 for e in errors)
+    sent = [
+        e["data"]
+        for kind, e in watch.events
+        if kind == "custom"
+        and e.get("data") in range(1, 11)
+        and e["session_id"] == native.session_id
+    ]
+    assert len(sent) + len(errors) == 10
+
+
+def test_a_subscribe_writes_one_channel_to_the_roster_not_all_of_them(
+    stack: LegacyStack, world: World, r: redis.Redis
+) -> None:
+    server = world.server()
+    watch = world.watch()
+    legacy = world.raw(server.port)
+    names = [f"channel_{n}_" + "x" * 1000 for n in range(61)]
+    for name in names[:60]:
+        legacy.send({"type": "subscribe", "channel": name})
+    wait_for(
+        lambda: watch.count("subscribe", session_id=legacy.session_id) == 60, what="60 subscribes"
+    )
+    before = int(r.info("stats")["total_net_input_bytes"])
+    legacy.send({"type": "subscribe", "channel": names[60]})
+    watch.wait("subscribe", session_id=legacy.session_id, channel=names[60])
+    written = int(r.info("stats")["total_net_input_bytes"]) - before
+    # The publish of the event and the one new channel: a few kB, not all 61 names.
+    assert written < 8_000, written
+
+
+def run_roster_script(client: RawSio) -> None:
+    """Subscriptions with every twist: duplicates, no channel, "undefined" by name, a
+    channel left and joined again, one left for good, meta set, changed and kept."""
+    for frame in (
+        {"type": "meta", "data": {"v": 1}},
+        {"type": "subscribe", "channel": "channel_ro_a"},
+        {"type": "subscribe", "channel": "channel_ro_b"},
+        {"type": "subscribe", "channel": "channel_ro_a"},
+        {"type": "subscribe"},
+        {"type": "subscribe", "channel": "undefined"},
+        {"type": "unsubscribe", "channel": "channel_ro_a"},
+        {"type": "subscribe", "channel": "channel_ro_a"},
+        {"type": "subscribe", "channel": "channel_ro_c"},
+        {"type": "unsubscribe", "channel": "channel_ro_c"},
+        {"type": "meta", "data": {"v": 2, "name": "é ✓"}},
+        {"type": "subscribe", "channel": "channel_ro_d"},
+        {"type": "subscribe", "channel": "channel_ro_\ud800 é"},  # a lone surrogate
+        {"type": ["subscribe"], "channel": "channel_ro_e"},  # no type: ignored
+        {"type": {"subscribe": 1}, "channel": "channel_ro_e"},
+        {"type": "event", "data": "script done"},
+    ):
+        client.send(frame)
+
+
+def test_the_reaper_publishes_the_unsubscribes_a_disconnect_publishes(
+    stack: LegacyStack, world: World
+) -> None:
+    doomed = world.server(
+        CHAT_PRESENCE_TTL=2, CHAT_LEGACY_PUBLIC_CHANNELS=["channel*", "undefined"]
+    )
+    survivor = world.server(
+        CHAT_PRESENCE_TTL=2, CHAT_LEGACY_PUBLIC_CHANNELS=["channel*", "undefined"]
+    )
+    world.native(survivor, "carol")  # the survivor's hub runs, and with it the reaper
+    watch = world.watch()
+    dies, leaves = world.raw(doomed.port), world.raw(survivor.port)
+    for client in (dies, leaves):
+        run_roster_script(client)
+        watch.wait("custom", session_id=client.session_id, data="script done")
+    leaves.abort()
+    doomed.kill()
+    wait_for(
+        lambda: watch.count("unsubscribe", session_id=dies.session_id) >= 5,
+        timeout=20,
+        what="the reaper's unsubscribes",
+    )
+    # A later event as a marker: nothing more about the dead session came before it.
+    marker = world.raw(survivor.port)
+    marker.send({"type": "event", "data": "marker"})
+    watch.wait("custom", session_id=marker.session_id)
+
+    def unsubscribes(sid: str) -> list[str]:
+        return [
+            protocol.dumps(e).replace(sid, "S")
+            for kind, e in watch.events
+            if kind == "unsubscribe" and e["session_id"] == sid
+        ]
+
+    meta = {"v": 2, "name": "é ✓"}
+    expected = [
+        {"channel": "channel_ro_b", "meta": meta, "session_id": "S"},
+        {"meta": meta, "session_id": "S"},
+        {"channel": "channel_ro_a", "meta": meta, "session_id": "S"},
+        {"channel": "channel_ro_d", "meta": meta, "session_id": "S"},
+        {"channel": "channel_ro_\ud800 é", "meta": meta, "session_id": "S"},
+    ]
+    assert unsubscribes(leaves.session_id)[-5:] == [protocol.dumps(e) for e in expected]
+    assert unsubscribes(dies.session_id) == unsubscribes(leaves.session_id)
+
+
+def test_the_reaper_reads_the_roster_entries_of_the_previous_release(
+    stack: LegacyStack, world: World, r: redis.Redis
+) -> None:
+    survivor = world.server(CHAT_PRESENCE_TTL=2)
+    watch = world.watch()
+    # As the previous release wrote a session's entry: its channels in one JSON list.
+    r.hset(
+        "chat:jug:session:1234567890123456789",
+        mapping={
+            "channels": json.dumps(["channel_old", None, "channel_old", "channel_other"]),
+            "meta": json.dumps({"user_id": 3}),
+        },
+    )
+    r.zadd("chat:jug:sessions", {"1234567890123456789": time.time() - 1})
+    world.native(survivor, "carol")  # the hub runs, and with it the reaper
+    wait_for(
+        lambda: watch.count("unsubscribe", session_id="1234567890123456789") == 3,
+        timeout=20,
+        what="the old session's unsubscribes",
+    )
+    assert [e for kind, e in watch.events if kind == "unsubscribe"] == [
+        {"channel": "channel_old", "meta": {"user_id": 3}, "session_id": "1234567890123456789"},
+        {"meta": {"user_id": 3}, "session_id": "1234567890123456789"},
+        {"channel": "channel_other", "meta": {"user_id": 3}, "session_id": "1234567890123456789"},
+    ]
+    assert not r.exists("chat:jug:session:1234567890123456789")
