@@ -28,7 +28,13 @@ from flask_chat.errors import ChatError, ConfigurationError, Forbidden, Validati
 from flask_chat.messaging import RateLimited
 from flask_chat.protocol import ws_frame
 from flask_chat.server import check_gevent_patched
-from flask_chat.websocket import _origin_allowed, accept_socket, get_hub, hand_over
+from flask_chat.websocket import (
+    _origin_allowed,
+    accept_socket,
+    check_handshake,
+    get_hub,
+    hand_over,
+)
 
 from . import protocol
 from .metrics import BRIDGE_METRICS
@@ -67,6 +73,11 @@ class LegacyConnection(Connection):
         if frame == _NATIVE_RECONNECT:
             return
         super().write(frame)
+
+    def deliver(self, frame: bytes) -> None:
+        """flask-chat's live events mean nothing to socket.io: a logged-in legacy
+        connection joins its user's channel only so that a logout closes it (the hub
+        closes every member of that channel)."""
 
 
 def _bridge() -> JuggernautBridge:
@@ -146,6 +157,10 @@ def websocket(sid: str) -> Response:
         return current_app.response_class("client not handshaken", status=403)
     if state.hub is not None and state.hub.draining:
         return current_app.response_class("reconnect elsewhere", status=503)
+    try:
+        check_handshake()
+    except ChatError as exc:
+        return current_app.response_class(exc.message, status=exc.status)
     # The browser sends the app's session cookie with the upgrade (cookies are per host,
     # not per port). Its own, never the handshake's: anonymous without one.
     user_id = chat.current_user_id()
@@ -167,10 +182,12 @@ def websocket(sid: str) -> Response:
     conn = LegacyConnection(
         raw, 0, sid, on_text, on_close,
         max_message=state.config.max_ws_message, max_backlog=state.config.max_ws_queue,
+        max_fragments=state.config.max_ws_fragments,
     )
     conn.data[LEGACY] = True
     conn.data["user_id"] = user_id
-    hub.add(conn, [])
+    # A logged-in connection reads private channels: it must end when the user logs out.
+    hub.add(conn, [hub.user_channel(user_id)] if user_id else [])
     conn.write(ws_frame(protocol.FRAME_CONNECT.encode()))
     conn.start()
     return hand_over(done)

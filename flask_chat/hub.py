@@ -175,6 +175,8 @@ class Hub:
         group_id = int(event["group_id"])
         group = self.group_channel(group_id)
         for conn in tuple(self.channels.get(channel, ())):
+            if not conn.user_id:
+                continue  # an add-on's connection (the bridge's legacy ones)
             # The connection's groups also decide what a catch-up replays.
             groups: list[int] = conn.data.setdefault("groups", [])
             if event["member"]:
@@ -190,7 +192,9 @@ class Hub:
         for conn in tuple(members):
             if conn.user_id:
                 conn.write(frame)
-                conn.close(protocol.CLOSE_LOGGED_OUT, "logged out")
+            # Add-ons' connections on the channel (the bridge's logged-in legacy ones)
+            # close too: they were the user's.
+            conn.close(protocol.CLOSE_LOGGED_OUT, "logged out")
 
     def _on_reconnect(self) -> None:
         """The subscriber is back and subscribed again: whatever was published while it

@@ -200,6 +200,29 @@ def login_cookie(port: int, name: str, host: str = "127.0.0.1") -> str:
     return resp.getheader("Set-Cookie", "").split(";", 1)[0]
 
 
+def logout_over_http(port: int, cookie: str) -> int:
+    """Press the demo's logout button (a POST with the page's CSRF token)."""
+    from urllib.parse import urlencode
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/about", headers={"Cookie": cookie})
+    resp = conn.getresponse()
+    token = form_token(resp.read().decode())
+    # Rendering the page may have stored the form's token in the session: use its cookie.
+    cookie = (resp.getheader("Set-Cookie") or cookie).split(";", 1)[0]
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(
+        "POST",
+        "/logout",
+        body=urlencode({"csrf_token": token}),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
+    )
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
 def http_json(
     port: int,
     method: str,

@@ -35,7 +35,15 @@ import redis
 import websocket
 from conftest import require
 from flask_chat_bridge import protocol
-from helpers import ROOT, Client, free_port, http_json, login_cookie, wait_for
+from helpers import (
+    ROOT,
+    Client,
+    free_port,
+    http_json,
+    login_cookie,
+    logout_over_http,
+    wait_for,
+)
 from legacy import (
     EventWatch,
     GemListener,
@@ -1276,3 +1284,42 @@ def test_the_reaper_reads_the_roster_entries_of_the_previous_release(
         {"channel": "channel_other", "meta": {"user_id": 3}, "session_id": "1234567890123456789"},
     ]
     assert not r.exists("chat:jug:session:1234567890123456789")
+
+
+def test_logout_ends_the_users_legacy_connections(stack: LegacyStack, world: World) -> None:
+    """A logged-in legacy connection reads private channels: logging out must end it,
+    as it ends the user's native connections; other users' stay."""
+    server = world.server()
+    watch = world.watch()
+    alice_cookie = login_cookie(server.port, "alice")
+    alice = world.raw(server.port, cookie=alice_cookie)
+    bob = world.raw(server.port, cookie=login_cookie(server.port, "bob"))
+    alice.send({"type": "subscribe", "channel": "/chats/user_1"})
+    bob.send({"type": "subscribe", "channel": "/chats/user_2"})
+    watch.wait("subscribe", session_id=alice.session_id, channel="/chats/user_1")
+    watch.wait("subscribe", session_id=bob.session_id, channel="/chats/user_2")
+    assert logout_over_http(server.port, alice_cookie) == 302
+    # Juggernaut's own unsubscribe event tells Rails listeners the session is gone.
+    watch.wait("unsubscribe", session_id=alice.session_id, channel="/chats/user_1")
+    stack.publish("/chats/user_1", "for alice only")
+    stack.publish("/chats/user_2", "for bob")
+    bob.wait_message(lambda m: m.get("data") == "for bob")
+    assert "for alice only" not in data_of(alice.messages())
+
+
+def test_malformed_legacy_upgrades_are_4xx(stack: LegacyStack, world: World) -> None:
+    import http.client
+
+    server = world.server()
+    for headers, status in (
+        ({"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "8"}, 426),
+        ({"Sec-WebSocket-Version": "13"}, 400),
+    ):
+        sid = sio_handshake(server.port)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.request("GET", f"/socket.io/1/websocket/{sid}",
+                         headers={"Upgrade": "websocket", "Connection": "Upgrade", **headers})
+            assert conn.getresponse().status == status
+        finally:
+            conn.close()

@@ -19,6 +19,7 @@ from helpers import (
     free_port,
     http_json,
     login_cookie,
+    logout_over_http,
 )
 
 from flask_chat.embedded import RedisServer
@@ -494,32 +495,6 @@ def test_killed_instance_users_go_offline_within_the_ttl(start: Start, clients: 
 
 
 # -- hardening ------------------------------------------------------------------------------
-
-
-def logout_over_http(port: int, cookie: str) -> int:
-    """Press the demo's logout button (a POST with the page's CSRF token)."""
-    import http.client
-    from urllib.parse import urlencode
-
-    from helpers import form_token
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/about", headers={"Cookie": cookie})
-    resp = conn.getresponse()
-    token = form_token(resp.read().decode())
-    # Rendering the page may have stored the form's token in the session: use its cookie.
-    cookie = (resp.getheader("Set-Cookie") or cookie).split(";", 1)[0]
-    conn.close()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request(
-        "POST",
-        "/logout",
-        body=urlencode({"csrf_token": token}),
-        headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
-    )
-    status = conn.getresponse().status
-    conn.close()
-    return status
 
 
 def test_logout_closes_live_connections_and_voids_tokens(start: Start, clients: Any) -> None:
