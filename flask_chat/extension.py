@@ -234,8 +234,8 @@ class Chat:
             Most frames one client websocket message may be split into (more: 1009).
         ``CHAT_WS_FRAME_RATE`` (20.0), ``CHAT_WS_FRAME_BURST`` (60)
             Per-connection limit on the frames that are not sends (typing, read,
-            window, catchup, ping, the bridge's): frames a second, and how many may come
-            at once. Over it: an error frame ``rate_limited``. 0 switches it off.
+            window, catchup, ping; add-ons limit their own): frames a second, and how
+            many may come at once. Over it: an error frame ``rate_limited``. 0: no limit.
         ``CHAT_WS_MAX_CONNECTIONS_PER_USER`` (32)
             Live websockets one user may hold across every instance (more: 429
             ``too_many_connections`` before the handshake).

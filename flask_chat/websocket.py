@@ -306,17 +306,18 @@ def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> N
         frame = protocol.parse_client_frame(text, tuple(state.frame_handlers))
         ref = frame.get("ref")
         kind = frame["type"]
-        # Sends have their own per-user budget in Redis (messaging.py); every other
-        # frame costs this connection's budget.
+        # Sends have their own per-user budget in Redis (messaging.py), add-ons' frames
+        # their add-on's (the bridge's); every other frame costs this connection's.
+        if kind in state.frame_handlers:
+            state.frame_handlers[kind](conn, frame)
+            return
         if kind != "send" and not conn.data["frames"].take():
             raise ChatError(
                 f"Too many frames: at most {state.config.frame_rate:g} a second.",
                 code="rate_limited",
                 status=429,
             )
-        if kind in state.frame_handlers:
-            state.frame_handlers[kind](conn, frame)
-        elif kind == "send":
+        if kind == "send":
             message = chat.send_message(
                 conn.user_id, _require(frame, "to"), _require(frame, "message_text")
             )
