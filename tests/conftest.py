@@ -17,6 +17,7 @@ import pytest
 import redis
 from flask import Flask, render_template_string, session
 from flask.testing import FlaskClient
+from helpers import Client, DemoServer
 
 from flask_chat import Chat, GroupInfo, UserInfo, csrf
 from flask_chat.embedded import RedisServer
@@ -224,3 +225,39 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     assert url
     reset_postgres(url)
     return url
+
+
+# -- real servers and real websocket clients, stopped at the end of each test ---------------
+
+
+Start = Callable[..., DemoServer]
+
+
+@pytest.fixture
+def start(redis_url: str) -> Iterator[Start]:
+    """Start demo servers (``examples/serve.py``) on the test's Redis; stopped after."""
+    servers: list[DemoServer] = []
+
+    def make(url: str | None = None, **settings: Any) -> DemoServer:
+        server = DemoServer(url or redis_url, **settings).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., Client]]:
+    """Make real websocket clients; closed after the test."""
+    made: list[Client] = []
+
+    def make(*args: Any, **kwargs: Any) -> Client:
+        client = Client(*args, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()

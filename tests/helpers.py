@@ -424,3 +424,19 @@ class TcpProxy:
             except OSError:
                 pass  # already closed
             s.close()
+
+
+def connect(make: Callable[..., Client], server: DemoServer, name: str, **kw: Any) -> Client:
+    client = make(server.port, login_cookie(server.port, name), **kw)
+    client.wait_type("hello")
+    client.wait_type("online")
+    return client
+
+
+def close_code(ws: websocket.WebSocket, timeout: float = 10) -> int:
+    """Read until the server's close frame; return its code."""
+    ws.settimeout(timeout)
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(data[:2], "big")

@@ -5,58 +5,15 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 import websocket
-from helpers import Client, DemoServer, login_cookie, wait_for
+from helpers import Client, DemoServer, close_code, connect, login_cookie, wait_for
 
 Start = Callable[..., DemoServer]
-
-
-@pytest.fixture
-def start(redis_url: str) -> Iterator[Start]:
-    servers: list[DemoServer] = []
-
-    def make(**settings: Any) -> DemoServer:
-        server = DemoServer(redis_url, **settings).start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def make(*args: Any, **kwargs: Any) -> Client:
-        client = Client(*args, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
-
-
-def connect(make: Callable[..., Client], server: DemoServer, name: str, **kw: Any) -> Client:
-    client = make(server.port, login_cookie(server.port, name), **kw)
-    client.wait_type("hello")
-    client.wait_type("online")
-    return client
-
-
-def close_code(ws: websocket.WebSocket, timeout: float = 10) -> int:
-    ws.settimeout(timeout)
-    while True:
-        opcode, data = ws.recv_data(control_frame=True)
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            return int.from_bytes(data[:2], "big")
 
 
 def server_descriptors(server: DemoServer, client: Client) -> int:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 import websocket
 from helpers import (
-    Client,
     DemoServer,
     bootstrap,
+    close_code,
+    connect,
     csrf_session,
     free_port,
     http_json,
@@ -25,41 +26,6 @@ from helpers import (
 from flask_chat.embedded import RedisServer
 
 Start = Callable[..., DemoServer]
-
-
-@pytest.fixture
-def start(redis_url: str) -> Iterator[Start]:
-    servers: list[DemoServer] = []
-
-    def make(url: str | None = None, **settings: Any) -> DemoServer:
-        server = DemoServer(url or redis_url, **settings).start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def make(*args: Any, **kwargs: Any) -> Client:
-        client = Client(*args, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
-
-
-def connect(make: Callable[..., Client], server: DemoServer, name: str, **kw: Any) -> Client:
-    client = make(server.port, login_cookie(server.port, name), **kw)
-    client.wait_type("hello")
-    client.wait_type("online")
-    return client
 
 
 def test_one_to_one_reaches_every_tab_with_the_same_bytes(start: Start, clients: Any) -> None:
@@ -213,15 +179,6 @@ def test_garbage_frames_get_error_frames_and_nobody_is_disturbed(
     other.send({"type": "send", "to": "2_User", "message_text": "still fine", "ref": 1})
     assert bob.wait_type("message")["message_text"] == "still fine"
     assert not bob.of_type("error")
-
-
-def close_code(ws: websocket.WebSocket, timeout: float = 10) -> int:
-    """Read until the server's close frame; return its code."""
-    ws.settimeout(timeout)
-    while True:
-        opcode, data = ws.recv_data(control_frame=True)
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            return int.from_bytes(data[:2], "big")
 
 
 def test_oversized_frames_are_closed_with_1009(start: Start, clients: Any) -> None:
