@@ -251,6 +251,31 @@ def schedule_sweep(state: ChatState, interval: int | None = None) -> Any:
     )
 
 
+#: How often (s) a worker cleans RQ's registries: that is when it finds the jobs of a
+#: killed worker (abandoned: their heartbeat ran out) and retries them with their
+#: backoff, and when a worker without the scheduler lock tries to take it over. RQ's
+#: default is 10 minutes, and an idle worker only gets to it when its blocking dequeue
+#: times out (worker_ttl - 15 s: 405 by default), so ``flask chat worker`` sets
+#: worker_ttl to this + 15. A worker busy with a job gets to it after that job.
+MAINTENANCE_INTERVAL = 30
+
+#: How often (s) a worker refreshes the heartbeat of the job it runs (RQ: 30). RQ deems
+#: a job abandoned this long plus a fixed 60 s after its last heartbeat.
+JOB_MONITORING_INTERVAL = 10
+
+
+def abandoned_retry_bound(
+    maintenance: int = MAINTENANCE_INTERVAL, monitoring: int = JOB_MONITORING_INTERVAL
+) -> int:
+    """Seconds after a worker is killed by which a live idle worker has found the job it
+    was running abandoned and scheduled its retry, plus the scheduler's 1 s poll; the
+    retry's RETRY backoff comes on top. The heartbeat runs out (monitoring + RQ's fixed
+    60 s grace), then the next maintenance finds it. The killed worker's scheduler lock
+    (61 s) has run out by then too, and a live worker takes it at a maintenance, so the
+    retry is enqueued when its backoff is over."""
+    return monitoring + 60 + maintenance + 1
+
+
 class AppWorker(Worker):
     """An RQ worker that runs each job in a fresh app context of its Flask app."""
 

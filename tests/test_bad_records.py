@@ -129,6 +129,12 @@ def test_a_poisoned_write_behind_record_never_blocks_its_batch(
     # The caches still hold every good message: write-behind only copies.
     with app.app_context():
         assert [m["id"] for m in chat.history(2)["1_User"]["messages"]] == good
+    listed = app.test_cli_runner().invoke(args=["chat", "dead-letters"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.strip().splitlines()[-1] == f"{len(bad)} dead letters"
+    assert "1600000000002-0000" in listed.output
+    app.test_cli_runner().invoke(args=["chat", "dead-letters", "--forget"])
+    assert dead_letters(app) == {}
 
 
 def test_a_poisoned_cache_entry_is_kept_and_reported_by_persist_and_the_sweep(
@@ -172,3 +178,6 @@ def test_a_poisoned_cache_entry_is_kept_and_reported_by_persist_and_the_sweep(
     assert swept["rejected"] == len(bad) and swept["written"] == 0
     assert dead_letters(app).keys() == letters.keys()  # one entry per record, not per run
     assert count(app, views) == 2 * len(good) + (0 if postgres else 1)
+    line = app.test_cli_runner().invoke(args=["chat", "sweep"]).output.strip().splitlines()[-1]
+    assert line.endswith(f"; {len(bad)} could not be stored, kept in the cache "
+                         "(flask chat dead-letters)"), line

@@ -23,7 +23,7 @@ from helpers import ROOT, TcpProxy, wait_for
 from sqlalchemy import create_engine, func, select, text
 
 from flask_chat.cache import CacheEntry
-from flask_chat.jobs import queue, schedule_sweep
+from flask_chat.jobs import abandoned_retry_bound, queue, schedule_sweep
 from flask_chat.models import messages, views
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -468,3 +468,57 @@ def test_kill_9_of_the_work_horse_mid_drain_loses_no_write_behind_record(
     assert sql_count(database_url, views) == 60  # sent and received, once each
     leftovers = [k for k in state.redis.scan_iter(match="{chat:persist}*")]
     assert leftovers == []
+
+
+#: A killed worker's job is retried by another worker within this many seconds of the
+#: kill (docs/deployment.md): `flask chat worker`'s bound (job monitoring interval 10 s
+#: + RQ's fixed 60 s heartbeat grace + maintenance interval 30 s + the scheduler's 1 s
+#: poll), then RETRY's first backoff (2 s).
+ABANDONED_RETRY_BOUND = abandoned_retry_bound() + 2
+
+
+def test_a_killed_workers_logout_persistence_is_retried_within_the_documented_bound(
+    redis_url: str, database_url: str
+) -> None:
+    """kill -9 of a worker (and its work horse and scheduler) mid-job: a worker started
+    afterwards finds the job abandoned and retries it, with RETRY's backoff, within the
+    documented bound; the cache is persisted, then cleared. (With RQ's defaults the
+    retry waited for the next 10-minute maintenance.) Only on PostgreSQL: the retry is
+    RQ's and the same for both databases; this test is slow by nature."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("RQ's retry path does not depend on the database; run once")
+    env = dict(os.environ, CHAT_REDIS_URL=redis_url, CHAT_DATABASE_URL=database_url,
+               CHAT_PERSISTENCE="false")
+    app = jobs_app.create_app({"CHAT_REDIS_URL": redis_url, "CHAT_DATABASE_URL": database_url,
+                               "CHAT_DATABASE_AUTO_UPGRADE": True, "CHAT_PERSISTENCE": False})
+    chat = app.extensions["chat"]
+    first = second = None
+    try:
+        with app.app_context():
+            for i in range(5):
+                chat.send_message(1, "2_User", f"before logout {i}")
+            job = chat.logout(1)
+        from rq.job import JobStatus
+
+        with database_locked(database_url):
+            first = spawn(env, "worker")
+            wait_for(lambda: job.get_status(refresh=True) == JobStatus.STARTED
+                     and horse_of(first), timeout=60, interval=0.05, what="the job to start")
+            kill_9(first)  # the worker, its work horse and its scheduler, mid-job
+            killed = time.monotonic()
+        second = spawn(env, "worker")
+        wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED,
+                 timeout=ABANDONED_RETRY_BOUND + 60, interval=0.5,
+                 what="another worker to retry the abandoned job")
+        waited = time.monotonic() - killed
+        job.refresh()
+        assert job.retries_left == 4  # RQ's retry, not a second enqueue
+        assert sql_count(database_url) == 5
+        with app.app_context():
+            assert chat.history(1) == {}  # persisted, then cleared
+            assert chat.history(2) != {}  # bob did not log out
+        print(f"retried {waited:.0f} s after the kill (bound {ABANDONED_RETRY_BOUND} s)")
+    finally:
+        if second is not None:
+            stop(second)
+        close_chat(app)
