@@ -356,3 +356,17 @@ def test_persist_then_clear_killed_at_any_step_leaves_nothing_the_sweep_misses(
     with app.app_context():
         with state.history.engine.connect() as conn:
             assert set(conn.scalars(select(messages.c.id))) == set(sent)
+
+
+def test_every_script_declares_keys_of_one_slot(app: Flask) -> None:
+    """Redis Cluster's rule for the drain's and the clear's scripts: the processing lists
+    and leases hash like the queue itself (their tag is the queue's key)."""
+    from redis.crc import key_slot
+
+    with app.app_context():
+        keys = app.extensions["chat"].state.keys
+    drain = [keys.persist_queue(), keys.persist_processing("job-1"), keys.persist_leases()]
+    assert len({key_slot(k.encode()) for k in drain}) == 1
+    clear = [keys.conversations(7), keys.floor(7), keys.spill(7),
+             *keys.conversation_keys(7, "2_User")[1:3], *keys.conversation_keys(7, "5_Group")[1:3]]
+    assert len({key_slot(k.encode()) for k in clear}) == 1
