@@ -16,6 +16,8 @@ conversation; SQL is the record.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +28,7 @@ from redis.exceptions import NoScriptError
 
 from .conversations import ConversationKey
 from .keys import Keys
-from .scripts import Scripts, queue
+from .scripts import CLEAR, Scripts, queue
 
 History = dict[str, dict[str, Any]]
 
@@ -72,6 +74,8 @@ class ChatCache:
         self.history_limit = history_limit
         # How long the catch-up floor is remembered; older catch-ups never recover.
         self.retention = retention
+        # Called directly (EVALSHA, loaded again by redis-py after a Redis restart).
+        self._clear = client.register_script(CLEAR)
 
     def append(
         self,
@@ -206,6 +210,32 @@ class ChatCache:
                 history[key] = {"type": "Group", "messages": [merged[i] for i in sorted(merged)]}
         return history
 
+    def export_raw(
+        self, user_id: int, group_ids: Iterable[int] = ()
+    ) -> tuple[dict[str, dict[str, str]], dict[int, dict[str, str]]]:
+        """The user's cache as stored, unparsed: (conversation -> id -> body, and for each
+        of ``group_ids`` the group's shared store: group id -> id -> event JSON), so a
+        body that is not JSON can be set aside without losing the rest."""
+        conversations = self.conversation_ids(user_id)
+        own: dict[str, dict[str, str]] = {}
+        if conversations:
+            pipe = self.client.pipeline(transaction=True)
+            for conversation in conversations:
+                pipe.hgetall(self.keys.message_bodies(user_id, conversation))
+            for conversation, bodies in zip(conversations, pipe.execute(), strict=True):
+                if bodies:
+                    own[conversation] = {str(k): str(v) for k, v in bodies.items()}
+        shared: dict[int, dict[str, str]] = {}
+        groups = list(group_ids)
+        if groups:
+            pipe = self.client.pipeline(transaction=False)
+            for gid in groups:
+                pipe.hgetall(self.keys.group_bodies(gid))
+            for gid, bodies in zip(groups, pipe.execute(), strict=True):
+                if bodies:
+                    shared[gid] = {str(k): str(v) for k, v in bodies.items()}
+        return own, shared
+
     def page(
         self, user_id: int, conversation: str, before: str | None, limit: int
     ) -> list[dict[str, Any]]:
@@ -241,6 +271,11 @@ class ChatCache:
         raw = self.client.hgetall(self.keys.spill(user_id))
         return {str(name): json.loads(body) for name, body in raw.items()}
 
+    def spilled_raw(self, user_id: int) -> dict[str, str]:
+        """Like :meth:`spilled`, unparsed."""
+        raw = self.client.hgetall(self.keys.spill(user_id))
+        return {str(name): str(body) for name, body in raw.items()}
+
     def drop_spilled(self, user_id: int, fields: list[str]) -> None:
         if fields:
             self.client.hdel(self.keys.spill(user_id), *fields)
@@ -272,17 +307,68 @@ class ChatCache:
         )
         return history, removed
 
-    def remove_listed(self, user_id: int, ids_by_conversation: dict[str, list[str]]) -> int:
-        """Remove exactly these ids and keep the set of cached users right."""
-        # Out of the set first, back in if anything is left: an append that lands
-        # meanwhile adds the user back itself, so a user with a cache is never missing.
-        self.client.srem(self.keys.cached_users(), user_id)
-        removed = self.remove(user_id, ids_by_conversation)
-        if self.client.exists(self.keys.conversations(user_id)) or self.client.exists(
-            self.keys.spill(user_id)
-        ):
-            self.client.sadd(self.keys.cached_users(), user_id)
-        return removed
+    def remove_listed(
+        self,
+        user_id: int,
+        ids_by_conversation: dict[str, list[str]],
+        spill_fields: Iterable[str] = (),
+        drop_if_empty: bool = True,
+    ) -> int:
+        """Remove exactly these ids (and spill fields) in one atomic step, then, if that
+        left the cache empty, drop the user from the set of cached users. Returns how
+        many window ids were removed.
+
+        The set is in another slot than the user's keys, so the drop cannot be part of
+        the step: it is ``SREM``, then a re-check (an append that landed meanwhile adds
+        the user back itself, or the re-check does), inside an intent marker in
+        ``chat:clearing``. A process killed between the ``SREM`` and the re-check
+        leaves its marker, and the sweep re-checks that user (:meth:`recover_clearing`):
+        a user with a cache is always in the set or named by a marker.
+        """
+        todo = {conv: ids for conv, ids in ids_by_conversation.items() if ids}
+        fields = list(spill_fields)
+        keys = [self.keys.conversations(user_id), self.keys.floor(user_id),
+                self.keys.spill(user_id)]
+        args: list[Any] = [self.retention, len(fields), *fields]
+        for conversation, ids in todo.items():
+            keys += [self.keys.message_index(user_id, conversation),
+                     self.keys.message_bodies(user_id, conversation)]
+            args += [conversation, len(ids), *ids]
+        removed, _, empty = self._clear(keys=keys, args=args)
+        if empty and drop_if_empty:
+            self._drop_from_cached(user_id)
+        return int(removed)
+
+    def _drop_from_cached(self, user_id: int) -> None:
+        marker = f"{user_id}:{uuid.uuid4().hex}"
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.keys.clearing(), {marker: time.time()})
+        pipe.srem(self.keys.cached_users(), user_id)
+        pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        if self._has_any(user_id):
+            pipe.sadd(self.keys.cached_users(), user_id)
+        pipe.zrem(self.keys.clearing(), marker)
+        pipe.execute()
+
+    def _has_any(self, user_id: int) -> bool:
+        return bool(self.client.exists(self.keys.conversations(user_id), self.keys.spill(user_id)))
+
+    def recover_clearing(self, grace: float = 60.0) -> int:
+        """Resolve the intent markers of clears that died between dropping a user from
+        the set of cached users and re-checking their cache (older than ``grace``
+        seconds: a live clear takes milliseconds). Returns how many users had a cache
+        and were put back."""
+        markers = self.client.zrangebyscore(self.keys.clearing(), "-inf", time.time() - grace)
+        restored = 0
+        for item in markers:
+            marker = str(item)
+            user_id = int(marker.split(":", 1)[0])
+            if self._has_any(user_id):
+                self.client.sadd(self.keys.cached_users(), user_id)
+                restored += 1
+            self.client.zrem(self.keys.clearing(), marker)
+        return restored
 
     def has_cache(self, user_id: int) -> bool:
         return bool(self.client.exists(self.keys.conversations(user_id)))

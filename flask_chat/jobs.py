@@ -9,15 +9,19 @@ own scheduler in one place.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import redis
 from flask import Flask, current_app
-from rq import Queue, Retry, Worker
+from rq import Queue, Retry, Worker, get_current_job
 
-from .persistence import WriteResult, collect, decode_queue_records
+from . import deadletters
+from .persistence import Rejected, collect, decode_queue_records
+from .scripts import CLAIM, RECLAIM
 
 if TYPE_CHECKING:
     from .extension import Chat, ChatState
@@ -25,8 +29,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_chat.jobs")
 
 #: Retries with backoff for every job: a database outage fails the job, the cache
-#: stays as it was, and the job runs again later.
+#: stays as it was, and the job runs again later. A job whose worker was killed is
+#: retried the same way once RQ finds it abandoned (see AppWorker).
 RETRY = Retry(max=5, interval=[2, 10, 30, 60, 120])
+
+#: How long a drain's batch is its own (renewed on every batch). A killed drain's batch
+#: is resumed at once by the same job's retry; past its lease, any drain or the sweep
+#: gives it back to the queue.
+DRAIN_LEASE_MS = 120_000
+
+#: A clear that dropped a user from the set of cached users and did not re-check within
+#: this many seconds died; the sweep re-checks that user.
+CLEARING_GRACE = 60.0
 
 
 def _chat() -> tuple[Chat, ChatState]:
@@ -53,18 +67,39 @@ def persist_users(user_ids: list[int], clear: bool = True) -> dict[str, int]:
     those who are offline. A user still online elsewhere keeps their cache.
 
     Idempotent: a retry writes nothing twice. Only the ids that were written are
-    removed, so a message that arrives while this runs stays in the cache.
+    removed, so a message that arrives while this runs stays in the cache, and so does
+    one that could not be persisted (it is counted in ``rejected`` and kept in the
+    dead letters, see :mod:`flask_chat.deadletters`).
     """
     _, state = _chat()
+    return persist_cached(state, user_ids, clear).summary
+
+
+@dataclass
+class Persisted:
+    summary: dict[str, int]
+    #: What could not be persisted (kept in the caches and the dead letters).
+    rejected: list[Rejected]
+    #: Users who had at least one message that could be read.
+    readable: set[int]
+
+
+def persist_cached(state: ChatState, user_ids: list[int], clear: bool = True) -> Persisted:
+    """:func:`persist_users`, also returning what could not be persisted."""
     collected = collect(state, user_ids)
     written = state.history.write(collected.batch)
+    rejected = collected.refused(written)
+    deadletters.keep(state.redis, state.keys, rejected)
     cleared = kept = 0
     for uid in user_ids:
-        state.cache.drop_spilled(uid, collected.spill.get(uid, []))
+        window = collected.window.get(uid, {})
+        spill = collected.spill.get(uid, [])
         if clear and not state.presence.is_online(uid):
-            state.cache.remove_listed(uid, collected.window.get(uid, {}))
+            state.cache.remove_listed(uid, window, spill)
             cleared += 1
         else:
+            if spill:
+                state.cache.remove_listed(uid, {}, spill, drop_if_empty=False)
             kept += 1
     summary = {
         "users": len(user_ids),
@@ -73,22 +108,36 @@ def persist_users(user_ids: list[int], clear: bool = True) -> dict[str, int]:
         "already": written.already,
         "cleared": cleared,
         "kept": kept,
+        "rejected": len(rejected),
     }
     log.info("flask-chat: persisted %s", summary)
-    return summary
+    return Persisted(summary, rejected, {owner for owner, _ in collected.batch.views})
 
 
 def sweep(
-    batch_size: int | None = None, progress: Callable[[int], None] | None = None
+    batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    recover_grace: float | None = None,
 ) -> dict[str, int]:
     """The every-5-minutes task: persist every cached user's history; clear the caches
-    of those who are not online. Batches keep SQL round trips bounded."""
+    of those who are not online. Batches keep SQL round trips bounded.
+
+    First it resolves what killed jobs left: users a dead clear dropped from the set of
+    cached users before re-checking them (older than ``recover_grace`` seconds), and
+    write-behind batches of dead drains whose lease ran out (back to the queue, and a
+    drain enqueued)."""
     _, state = _chat()
     size = batch_size or state.config.persist_batch_users
-    totals = {"users": 0, "messages": 0, "written": 0, "already": 0, "cleared": 0, "kept": 0}
+    grace = CLEARING_GRACE if recover_grace is None else recover_grace
+    totals = {"users": 0, "messages": 0, "written": 0, "already": 0, "cleared": 0, "kept": 0,
+              "rejected": 0}
+    totals["restored"] = state.cache.recover_clearing(grace)
+    totals["reclaimed"] = reclaim_abandoned(state)
+    if totals["reclaimed"]:
+        enqueue_drain(state)
     for chunk in _chunks(state.cache.cached_users(), size):
         result = persist_users(chunk, clear=True)
-        for key in totals:
+        for key in result:
             totals[key] += result[key]
         if progress is not None:
             progress(len(chunk))
@@ -96,24 +145,63 @@ def sweep(
     return totals
 
 
-def drain_write_behind(max_batches: int = 1000) -> int:
-    """Write queued sent messages to SQL in batches until the queue is empty."""
+def drain_write_behind(max_batches: int = 1000) -> dict[str, int]:
+    """Write queued sent messages to SQL in batches until the queue is empty.
+
+    Each batch moves atomically from the queue to this drain's processing list and is
+    acknowledged (deleted) only after its SQL commit: a drain killed mid-batch leaves
+    it there, and its retry (same job id, same list) writes it first. A database outage
+    fails the job with the batch still in its list, for the retry. Records that are not
+    messages, or that the database refuses on their data, go to the dead letters
+    instead of blocking the rest (the caches still hold those messages).
+    """
     _, state = _chat()
-    key = state.keys.persist_queue()
-    total = WriteResult()
+    keys = state.keys
+    job = get_current_job()
+    token = job.id if job is not None else uuid.uuid4().hex
+    processing = keys.persist_processing(token)
+    claim = state.redis.register_script(CLAIM)
+    summary = {"batches": 0, "records": 0, "written": 0, "already": 0, "rejected": 0,
+               "reclaimed": reclaim_abandoned(state, mine=token)}
     for _ in range(max_batches):
-        raw = state.redis.lpop(key, state.config.persist_batch)
+        raw = claim(keys=[keys.persist_queue(), processing, keys.persist_leases()],
+                    args=[token, state.config.persist_batch, DRAIN_LEASE_MS])
         if not raw:
             break
-        records = [r if isinstance(r, bytes | str) else str(r) for r in raw]
-        try:
-            total.add(state.history.write(decode_queue_records(records)))
-        except Exception:
-            # Put them back for the retry; they are in the caches too, so even a
-            # lost batch would be persisted on logout or by the sweep.
-            state.redis.rpush(key, *records)
-            raise
-    return total.written
+        decoded = decode_queue_records(raw)
+        result = state.history.write(decoded.batch)
+        rejected = decoded.refused(result)
+        deadletters.keep(state.redis, keys, rejected)
+        state.redis.delete(processing)  # acknowledged: the batch is in SQL
+        summary["batches"] += 1
+        summary["records"] += len(raw)
+        summary["written"] += result.written
+        summary["already"] += result.already
+        summary["rejected"] += len(rejected)
+    if summary["batches"] or summary["reclaimed"]:
+        log.info("flask-chat: write-behind drained %s", summary)
+    return summary
+
+
+def reclaim_abandoned(state: ChatState, mine: str | None = None) -> int:
+    """Give the batches of dead drains whose lease ran out back to the queue; returns
+    how many records went back. ``mine``: the calling drain's own token (its batch is
+    resumed, not given back)."""
+    keys = state.keys
+    reclaim = state.redis.register_script(RECLAIM)
+    total = 0
+    for member in state.redis.zrange(keys.persist_leases(), 0, -1):
+        token = str(member)
+        if token == mine:
+            continue
+        total += int(reclaim(
+            keys=[keys.persist_queue(), keys.persist_processing(token), keys.persist_leases()],
+            args=[token],
+        ))
+    if total:
+        log.warning("flask-chat: %d write-behind records of a dead drain went back to the "
+                    "queue", total)
+    return total
 
 
 # -- enqueueing and scheduling ------------------------------------------------------------
@@ -161,6 +249,31 @@ def schedule_sweep(state: ChatState, interval: int | None = None) -> Any:
         timeout=max(every, 600),
         meta={"interval": every},
     )
+
+
+#: How often (s) a worker cleans RQ's registries: that is when it finds the jobs of a
+#: killed worker (abandoned: their heartbeat ran out) and retries them with their
+#: backoff, and when a worker without the scheduler lock tries to take it over. RQ's
+#: default is 10 minutes, and an idle worker only gets to it when its blocking dequeue
+#: times out (worker_ttl - 15 s: 405 by default), so ``flask chat worker`` sets
+#: worker_ttl to this + 15. A worker busy with a job gets to it after that job.
+MAINTENANCE_INTERVAL = 30
+
+#: How often (s) a worker refreshes the heartbeat of the job it runs (RQ: 30). RQ deems
+#: a job abandoned this long plus a fixed 60 s after its last heartbeat.
+JOB_MONITORING_INTERVAL = 10
+
+
+def abandoned_retry_bound(
+    maintenance: int = MAINTENANCE_INTERVAL, monitoring: int = JOB_MONITORING_INTERVAL
+) -> int:
+    """Seconds after a worker is killed by which a live idle worker has found the job it
+    was running abandoned and scheduled its retry, plus the scheduler's 1 s poll; the
+    retry's RETRY backoff comes on top. The heartbeat runs out (monitoring + RQ's fixed
+    60 s grace), then the next maintenance finds it. The killed worker's scheduler lock
+    (61 s) has run out by then too, and a live worker takes it at a maintenance, so the
+    retry is enqueued when its backoff is over."""
+    return monitoring + 60 + maintenance + 1
 
 
 class AppWorker(Worker):

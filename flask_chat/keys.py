@@ -24,6 +24,13 @@ on a cluster)::
                                          group 5's recent messages, shared by all members
     chat:online                   ZSET   online user ids, scored by presence expiry
     chat:persist                  LIST   write-behind queue of sent messages for SQL
+    {chat:persist}:proc:<token>   LIST   the batch one drain took off the queue, until its
+                                         SQL commit (hash tag: the queue's slot)
+    {chat:persist}:leases         ZSET   drain token -> lease expiry (ms) of its batch
+    chat:clearing                 ZSET   "<user id>:<token>" -> time: a clear that is
+                                         dropping the user from chat:users (intent marker)
+    chat:deadletter               HASH   records that could not be persisted (bad data):
+                                         "<source>:..." -> the record, its error, when
 
 Pub/sub channels (one subscriber connection per process listens to what it needs)::
 
@@ -81,6 +88,19 @@ class Keys:
 
     def persist_queue(self) -> str:
         return f"{self.prefix}:persist"
+
+    def persist_processing(self, token: str) -> str:
+        # The tag is the queue's whole key, so this hashes to the queue's slot.
+        return f"{{{self.persist_queue()}}}:proc:{token}"
+
+    def persist_leases(self) -> str:
+        return f"{{{self.persist_queue()}}}:leases"
+
+    def clearing(self) -> str:
+        return f"{self.prefix}:clearing"
+
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:deadletter"
 
     def sweep_job_id(self) -> str:
         return f"{self.prefix}-sweep"  # RQ job ids allow letters, digits, "_" and "-"

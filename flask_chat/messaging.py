@@ -83,6 +83,14 @@ def validate_text(value: object, max_length: int) -> str:
             code="message_too_long",
             field="message_text",
         )
+    if "\x00" in value:
+        # PostgreSQL text cannot hold U+0000: accepted here, the message would be cached
+        # and published but could never reach SQL (and would fail its whole batch).
+        raise ValidationError(
+            "'message_text' contains U+0000 (NUL), which cannot be stored.",
+            code="invalid_character",
+            field="message_text",
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -106,6 +106,103 @@ end
 return removed
 """
 
+#: Persist-then-clear's clear: remove what was persisted from one user's cache, in one
+#: step. KEYS: [convs zset, floor string, spill hash, then per conversation: index zset,
+#: bodies hash]. ARGV: [floor ttl seconds, number of spill fields, spill field, ...,
+#: then per conversation, in KEYS order: conversation key, number of ids, id, ...].
+#: Returns {window ids removed, spill fields removed, 1 if the cache is now empty else 0}.
+#: Guarantee: only the named ids and fields go, so a message that landed after the
+#: caller read the cache (or that could not be persisted) stays; a conversation left
+#: empty is dropped; the floor is raised to the highest id removed. Every key is the
+#: user's (one slot), so a kill leaves the cache as it was or cleared, never half.
+#: Emptiness is measured in the same step; the set of cached users lives in another
+#: slot, so the caller drops the user from it only afterwards, and only when this said
+#: "empty", behind an intent marker the sweep resolves (ChatCache.remove_listed): a
+#: user with a cache is always in the set or named by a marker.
+CLEAR = """
+local spilled = 0
+local nspill = tonumber(ARGV[2])
+for i = 3, 2 + nspill do
+  spilled = spilled + redis.call('HDEL', KEYS[3], ARGV[i])
+end
+local a = 3 + nspill
+local k = 4
+local removed = 0
+local highest = ''
+while a <= #ARGV do
+  local n = tonumber(ARGV[a + 1])
+  for i = a + 2, a + 1 + n do
+    if redis.call('ZREM', KEYS[k], ARGV[i]) == 1 then
+      removed = removed + 1
+      if ARGV[i] > highest then highest = ARGV[i] end
+    end
+    redis.call('HDEL', KEYS[k + 1], ARGV[i])
+  end
+  if redis.call('ZCARD', KEYS[k]) == 0 then
+    redis.call('DEL', KEYS[k], KEYS[k + 1])
+    redis.call('ZREM', KEYS[1], ARGV[a])
+  end
+  a = a + 2 + n
+  k = k + 2
+end
+if removed > 0 then
+  local floor = redis.call('GET', KEYS[2])
+  if not floor or highest > floor then redis.call('SET', KEYS[2], highest, 'EX', ARGV[1]) end
+end
+local empty = 0
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[3]) == 0 then empty = 1 end
+return {removed, spilled, empty}
+"""
+
+#: The write-behind drain takes its next batch. KEYS: [queue list, this drain's
+#: processing list, leases zset]; ARGV: [drain token, batch size, lease ms].
+#: Returns the batch (the records in the processing list).
+#: Guarantee: records move from the queue to the processing list in one step, and stay
+#: there until the drain acknowledges them after the SQL commit, so a killed drain loses
+#: nothing: its batch waits, with its lease, for the same drain's retry (same token),
+#: which resumes it first, or for RECLAIM once the lease has run out. The lease is
+#: renewed on every call, from the server's clock. The processing lists and the lease
+#: set share the queue's slot (their hash tag is the queue's key), so this is legal on
+#: a cluster.
+CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+if redis.call('LLEN', KEYS[2]) == 0 then
+  local batch = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+  if #batch > 0 then
+    redis.call('LTRIM', KEYS[1], #batch, -1)
+    for i = 1, #batch, 1000 do
+      redis.call('RPUSH', KEYS[2], unpack(batch, i, math.min(i + 999, #batch)))
+    end
+  end
+end
+local out = redis.call('LRANGE', KEYS[2], 0, -1)
+if #out == 0 then redis.call('ZREM', KEYS[3], ARGV[1]) end
+return out
+"""
+
+#: Give an abandoned drain's batch back to the queue. KEYS: [queue list, its processing
+#: list, leases zset]; ARGV: [its token]. Returns how many records went back.
+#: Guarantee: only a lease that has run out (on the server's clock, checked in this
+#: step) is taken, so a live drain that renewed its lease keeps its batch; the records
+#: go back to the head of the queue, in their order. A drain whose lease ran out while
+#: it was still writing writes its batch anyway: the records are then written twice,
+#: which the idempotent SQL writes make harmless; none is lost.
+RECLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if lease and tonumber(lease) > now then return 0 end
+local batch = redis.call('LRANGE', KEYS[2], 0, -1)
+for i = #batch, 1, -1 do
+  redis.call('LPUSH', KEYS[1], batch[i])
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return #batch
+"""
+
 
 #: Token-bucket rate limit for one user. KEYS: [rate hash]; ARGV: [rate per second,
 #: burst]. Returns 1 when the action may go ahead (and spends a token), else 0.

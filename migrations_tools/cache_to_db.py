@@ -2,26 +2,23 @@
 
 It is the sweep's own persist-then-clear (:func:`flask_chat.jobs.persist_users`), run
 over every cached user in batches, with what a one-off migration adds: a dry run, a
-checkpoint to resume from, a user whose cache cannot be read skipped with its reason
-instead of failing the batch, and a report. Without ``clear`` nothing leaves the cache.
+checkpoint to resume from, and a report. A cache entry that is not a message, or that
+the database refuses, is skipped with its reason (``corrupt``, ``refused``) and stays
+in the cache; the rest of its batch is persisted. Without ``clear`` nothing leaves the
+cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from flask_chat.errors import ChatError
 from flask_chat.extension import ChatState
-from flask_chat.jobs import persist_users
+from flask_chat.jobs import persist_cached
 from flask_chat.persistence import collect
 
 from . import dry_run as dry
 from .checkpoint import Checkpoint
 from .report import Report
-
-#: What a cache that cannot be persisted raises (a body that is not JSON, an entry
-#: without its fields, a conversation key that does not parse).
-BAD_CACHE = (ValueError, KeyError, TypeError, ChatError)
 
 
 def _chunks(ids: Iterator[int], size: int) -> Iterator[list[int]]:
@@ -81,21 +78,7 @@ def _batch(state: ChatState, chunk: list[int], report: Report, clear: bool, dry_
     delta = Report(report.command, dry_run=dry_run)
     delta.n["keys"] += len(todo)
     if todo:
-        try:
-            _persist(state, todo, delta, clear, dry_run)
-        except BAD_CACHE:
-            # One unreadable cache fails the whole batch before anything is written:
-            # find it, skip it with its reason, and persist the others.
-            readable = []
-            for uid in todo:
-                try:
-                    collect(state, [uid])
-                except BAD_CACHE as exc:
-                    delta.skip("corrupt", f"user {uid}", f"{type(exc).__name__}: {exc}"[:200])
-                else:
-                    readable.append(uid)
-            if readable:
-                _persist(state, readable, delta, clear, dry_run)
+        _persist(state, todo, delta, clear, dry_run)
     if checkpoint is not None:
         checkpoint.mark(todo, delta.counts())
     report.absorb(delta)
@@ -105,16 +88,28 @@ def _persist(state: ChatState, users: list[int], delta: Report, clear: bool, dry
     pipe = state.redis.pipeline(transaction=False)
     for uid in users:
         pipe.zcard(state.keys.conversations(uid))
-    conversations = sum(int(n) for n in pipe.execute())
+    conversations = dict(zip(users, (int(n) for n in pipe.execute()), strict=True))
     if dry_run:
-        batch = collect(state, users).batch
+        collected = collect(state, users)
+        batch = collected.batch
         present, _ = dry.present(state.history.engine, batch)
         counts = {"messages_read": len(batch), "written": len(batch) - present, "already": present}
+        rejected = collected.rejected
+        readable = {owner for owner, _ in batch.views}
     else:
-        summary = persist_users(users, clear=clear)
+        done = persist_cached(state, users, clear=clear)
+        summary = done.summary
         counts = {"messages_read": summary["messages"], "written": summary["written"],
                   "already": summary["already"], "cleared": summary["cleared"],
                   "kept": summary["kept"]}
-    delta.n["users"] += len(users)
-    delta.n["conversations"] += conversations
+        rejected, readable = done.rejected, done.readable
+    # An entry that is not a message, or that the database refused, is reported (and,
+    # outside a dry run, kept in the cache and the dead letters); the rest is persisted.
+    for item in rejected:
+        delta.skip("refused" if item.by_database else "corrupt",
+                   f"user {item.owner} message {item.message_id}", item.error)
+    imported = [uid for uid in users if uid in readable or not any(
+        item.owner == uid for item in rejected)]
+    delta.n["users"] += len(imported)
+    delta.n["conversations"] += sum(conversations[uid] for uid in imported)
     delta.n.update(counts)

@@ -197,10 +197,18 @@ class LegacyImporter:
         result = self.store.write(batch)
         delta.n["written"] += result.written
         delta.n["already"] += result.already
-        delta.n["views_written"] += len(batch.views) - views_before
+        # A message the database refuses (with its views) is reported; the rest of the
+        # batch is written all the same (see HistoryStore.write).
+        refused_views = sum(1 for _, mid in batch.views if mid in result.rejected)
+        delta.n["views_written"] += len(batch.views) - views_before - refused_views
+        for mid, reason in sorted(result.rejected.items()):
+            holders = sorted(uid for uid, m in batch.views if m == mid)
+            delta.refuse(f"message {mid} (users {', '.join(map(str, holders))})", reason)
         if self.cache is not None:
             for uid, conversation, entries in appends:
-                delta.n["cached"] += _append(self.cache, uid, conversation, entries)
+                kept = [e for e in entries if e["id"] not in result.rejected]
+                if kept:
+                    delta.n["cached"] += _append(self.cache, uid, conversation, kept)
 
     # -- decoding ------------------------------------------------------------------------
 

@@ -13,8 +13,9 @@ legacy Rails chat cache needs and rubymarshal gets wrong or refuses:
 - **User subclasses** (``C``: ``HashWithIndifferentAccess``, ``SafeBuffer``) and
   **hashes with a default value** (``}``) are read; rubymarshal raises on both.
 - **Strings are decoded by their encoding** with invalid bytes replaced by U+FFFD and
-  counted (:attr:`SafeReader.replaced`); rubymarshal falls back to ``unicode-escape``,
-  which silently turns invalid UTF-8 into mojibake. Strings with no encoding
+  counted (:attr:`SafeReader.replaced`), and so is U+0000 (SQL text refuses it);
+  rubymarshal falls back to ``unicode-escape``, which silently turns invalid UTF-8 into
+  mojibake. Strings with no encoding
   (ASCII-8BIT, everything Ruby 1.8 wrote) stay ``bytes`` here: a Rails 3.2 entry keeps
   the marshalled history in one, and :func:`plain` reads the rest as UTF-8.
 - **Truncation is an error**: rubymarshal returns short strings from a cut-off value.
@@ -251,10 +252,17 @@ class SafeReader(Reader):  # type: ignore[misc]
             except LookupError:
                 codec = "utf-8"
         try:
-            return raw.decode(codec)
+            text = raw.decode(codec)
         except UnicodeDecodeError:
             self.replaced += 1
-            return raw.decode(codec, "replace")
+            return _without_nul(raw.decode(codec, "replace"))
+        return self._count_nul(text)
+
+    def _count_nul(self, text: str) -> str:
+        if "\x00" in text:
+            self.replaced += 1
+            return _without_nul(text)
+        return text
 
     # -- rubymarshal's primitives, made strict -------------------------------------------
 
@@ -270,12 +278,18 @@ class SafeReader(Reader):  # type: ignore[misc]
     def read_symreal(self) -> RubySymbol:
         raw = self.read_blob()
         try:
-            name = RubySymbol(raw.decode("utf-8"))
+            name = RubySymbol(self._count_nul(raw.decode("utf-8")))
         except UnicodeDecodeError:
             self.replaced += 1
-            name = RubySymbol(raw.decode("utf-8", "replace"))
+            name = RubySymbol(_without_nul(raw.decode("utf-8", "replace")))
         self.symbols.append(name)  # per reader: nothing is interned process-wide
         return name
+
+
+def _without_nul(text: str) -> str:
+    # Ruby strings may hold U+0000; PostgreSQL text cannot (and flask-chat refuses it at
+    # send), so it is mapped like an invalid byte.
+    return text.replace("\x00", "\ufffd")
 
 
 @dataclass
@@ -334,9 +348,12 @@ def _plain(value: Any, decoded: Decoded, seen: dict[int, Any]) -> Any:
     elif isinstance(value, bytes):
         try:
             result = value.decode("utf-8")
+            if "\x00" in result:
+                decoded.replaced += 1
+                result = _without_nul(result)
         except UnicodeDecodeError:
             decoded.replaced += 1
-            result = value.decode("utf-8", "replace")
+            result = _without_nul(value.decode("utf-8", "replace"))
     elif isinstance(value, str):
         return str(value)
     elif isinstance(value, tuple):  # an Array used as a hash key

@@ -19,7 +19,8 @@ COUNTS = {
     "written": "messages written to SQL",
     "already": "messages already in SQL (an earlier run, or the other side's copy)",
     "views_written": "(user, message) views written",
-    "replaced": "strings with invalid bytes, decoded with U+FFFD",
+    "replaced": "strings with invalid bytes or U+0000 (NUL), decoded with U+FFFD",
+    "refused": "messages the database refused on their data (not written)",
     "cached": "messages appended to the live flask-chat cache",
     "cleared": "caches cleared after persisting",
     "kept": "caches kept (user online, or no --clear)",
@@ -36,6 +37,8 @@ class Report:
     skipped: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     formats: Counter[str] = field(default_factory=Counter)
+    #: Examples of messages the database refused.
+    refusals: list[str] = field(default_factory=list)
     #: Stopped before the end (``--max-keys``, Ctrl-C): the checkpoint is kept.
     interrupted: bool = False
 
@@ -44,6 +47,11 @@ class Report:
         sample = self.examples.setdefault(code, [])
         if len(sample) < EXAMPLES:
             sample.append(f"{name}: {detail}")
+
+    def refuse(self, name: str, detail: str) -> None:
+        self.n["refused"] += 1
+        if len(self.refusals) < EXAMPLES:
+            self.refusals.append(f"{name}: {detail}")
 
     # -- for the checkpoint ------------------------------------------------------------
 
@@ -68,6 +76,7 @@ class Report:
         for code, examples in delta.examples.items():
             kept = self.examples.setdefault(code, [])
             kept.extend(examples[: max(0, EXAMPLES - len(kept))])
+        self.refusals.extend(delta.refusals[: max(0, EXAMPLES - len(self.refusals))])
 
     # -- output ------------------------------------------------------------------------
 
@@ -86,6 +95,8 @@ class Report:
             line += f", {n['cached']} put in the cache"
         if n["cleared"] or n["kept"]:
             line += f"; {n['cleared']} caches cleared, {n['kept']} kept"
+        if n["refused"]:
+            line += f", {n['refused']} refused by the database"
         skipped = sum(self.skipped.values())
         line += f"; {skipped} skipped"
         if skipped:
@@ -104,7 +115,11 @@ class Report:
         if self.n["ignored"]:
             lines.append(f"{self.n['ignored']} other keys name no user: not read")
         if self.n["replaced"]:
-            lines.append(f"{self.n['replaced']} strings had invalid bytes, replaced with U+FFFD")
+            lines.append(f"{self.n['replaced']} strings had invalid bytes or U+0000, "
+                         "replaced with U+FFFD")
+        if self.refusals:
+            lines.append("refused by the database (kept out of SQL), e.g.:")
+            lines.extend(f"  {example}" for example in self.refusals)
         for code in sorted(self.examples):
             lines.append(f"skipped ({code}), e.g.:")
             lines.extend(f"  {example}" for example in self.examples[code])
@@ -118,6 +133,7 @@ class Report:
             "counts": {k: self.n[k] for k in COUNTS},
             "skipped": dict(self.skipped),
             "skip_examples": self.examples,
+            "refused_examples": self.refusals,
             "formats": dict(self.formats),
             "summary": self.summary(),
         }

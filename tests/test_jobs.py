@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,11 +20,11 @@ import redis
 from conftest import close_chat, make_online
 from flask import Flask
 from helpers import ROOT, TcpProxy, form_login, form_logout, wait_for
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 
 from flask_chat.cache import CacheEntry
-from flask_chat.jobs import queue, schedule_sweep
-from flask_chat.models import messages
+from flask_chat.jobs import abandoned_retry_bound, queue, schedule_sweep
+from flask_chat.models import messages, views
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOBS_APP = os.path.join(HERE, "jobs_app.py")
@@ -387,4 +388,137 @@ def test_a_database_outage_fails_the_job_and_it_retries_without_clearing(
             out = stop(worker)
             assert "OperationalError" in out or "connection" in out.lower()
         proxy.down()
+        close_chat(app)
+
+
+def horse_of(worker: subprocess.Popen[str]) -> int | None:
+    """The worker's work horse: the child that made a process group of its own (RQ's
+    scheduler process, its other child, stays in the worker's)."""
+    for pid in children(worker.pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pid:
+            return pid
+    return None
+
+
+@contextmanager
+def database_locked(url: str) -> Iterator[None]:
+    """Hold the messages table so every write waits (a slow database, mid-batch)."""
+    if url.startswith("postgresql"):
+        engine = create_engine(url)
+        conn = engine.connect()
+        trans = conn.begin()
+        conn.execute(text("LOCK TABLE chat_messages IN ACCESS EXCLUSIVE MODE"))
+        try:
+            yield
+        finally:
+            trans.rollback()
+            conn.close()
+            engine.dispose()
+    else:
+        import sqlite3
+
+        raw = sqlite3.connect(url.split("///", 1)[1], isolation_level=None)
+        raw.execute("BEGIN EXCLUSIVE")  # writers wait (busy_timeout, 30 s); readers go on
+        try:
+            yield
+        finally:
+            raw.execute("ROLLBACK")
+            raw.close()
+
+
+def test_kill_9_of_the_work_horse_mid_drain_loses_no_write_behind_record(
+    app: Flask, env: dict[str, str], database_url: str
+) -> None:
+    """The drain took a batch off the queue and is writing it when its work horse is
+    killed: RQ retries the job, which writes that batch first. Every message ends up in
+    SQL exactly once, with its views, and nothing is left in Redis. (It used to pop the
+    batch, so a kill dropped it; the caches still held the messages, but without member
+    copies of group messages, CHAT_GROUP_MEMBER_CACHES = False, nothing else did.)"""
+    chat = app.extensions["chat"]
+    env = dict(env, CHAT_PERSIST_BATCH="10")
+    with app.app_context():
+        state = chat.state
+    key = state.keys.persist_queue()
+    worker = None
+    try:
+        with database_locked(database_url):
+            with app.app_context():
+                sent = [chat.send_message(1, "2_User", f"m{i}").id for i in range(30)]
+            assert state.redis.llen(key) == 30
+            worker = spawn(env, "worker")
+            wait_for(lambda: state.redis.llen(key) < 30 and horse_of(worker),
+                     timeout=60, interval=0.01, what="the drain to take a batch")
+            horse = horse_of(worker)
+            assert horse is not None
+            os.kill(horse, signal.SIGKILL)  # mid-batch: its SQL write is waiting
+        wait_for(lambda: sql_count(database_url) == 30, timeout=120, interval=0.2,
+                 what="the retried drain to write every message")
+        wait_for(lambda: state.redis.llen(key) == 0
+                 and not state.redis.zcard(state.keys.persist_leases()), timeout=30,
+                 what="the drain to acknowledge its batches")
+    finally:
+        out = stop(worker) if worker is not None else ""
+    assert "Work-horse terminated unexpectedly" in out, out
+    assert sql_count(database_url) == len(set(sent)) == 30
+    assert sql_count(database_url, views) == 60  # sent and received, once each
+    leftovers = [k for k in state.redis.scan_iter(match="{chat:persist}*")]
+    assert leftovers == []
+
+
+#: A killed worker's job is retried by another worker within this many seconds of the
+#: kill (docs/deployment.md): `flask chat worker`'s bound (job monitoring interval 10 s
+#: + RQ's fixed 60 s heartbeat grace + maintenance interval 30 s + the scheduler's 1 s
+#: poll), then RETRY's first backoff (2 s).
+ABANDONED_RETRY_BOUND = abandoned_retry_bound() + 2
+
+
+def test_a_killed_workers_logout_persistence_is_retried_within_the_documented_bound(
+    redis_url: str, database_url: str
+) -> None:
+    """kill -9 of a worker (and its work horse and scheduler) mid-job: a worker started
+    afterwards finds the job abandoned and retries it, with RETRY's backoff, within the
+    documented bound; the cache is persisted, then cleared. (With RQ's defaults the
+    retry waited for the next 10-minute maintenance.) Only on PostgreSQL: the retry is
+    RQ's and the same for both databases; this test is slow by nature."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("RQ's retry path does not depend on the database; run once")
+    env = dict(os.environ, CHAT_REDIS_URL=redis_url, CHAT_DATABASE_URL=database_url,
+               CHAT_PERSISTENCE="false")
+    app = jobs_app.create_app({"CHAT_REDIS_URL": redis_url, "CHAT_DATABASE_URL": database_url,
+                               "CHAT_DATABASE_AUTO_UPGRADE": True, "CHAT_PERSISTENCE": False})
+    chat = app.extensions["chat"]
+    first = second = None
+    try:
+        with app.app_context():
+            for i in range(5):
+                chat.send_message(1, "2_User", f"before logout {i}")
+            job = chat.logout(1)
+        from rq.job import JobStatus
+
+        with database_locked(database_url):
+            first = spawn(env, "worker")
+            wait_for(lambda: job.get_status(refresh=True) == JobStatus.STARTED
+                     and horse_of(first), timeout=60, interval=0.05, what="the job to start")
+            kill_9(first)  # the worker, its work horse and its scheduler, mid-job
+            killed = time.monotonic()
+        second = spawn(env, "worker")
+        wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED,
+                 timeout=ABANDONED_RETRY_BOUND + 60, interval=0.5,
+                 what="another worker to retry the abandoned job")
+        waited = time.monotonic() - killed
+        job.refresh()
+        assert job.retries_left == 4  # RQ's retry, not a second enqueue
+        assert sql_count(database_url) == 5
+        with app.app_context():
+            assert chat.history(1) == {}  # persisted, then cleared
+            assert chat.history(2) != {}  # bob did not log out
+        print(f"retried {waited:.0f} s after the kill (bound {ABANDONED_RETRY_BOUND} s)")
+    finally:
+        if second is not None:
+            stop(second)
         close_chat(app)

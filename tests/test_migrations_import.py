@@ -402,3 +402,43 @@ def test_the_command_runs_as_flask_chat_migrate(
     assert result.returncode == 0, result.stderr
     assert "Importing legacy caches" in result.stdout
     assert summary(result.stdout).startswith("import-legacy: 3 keys read (3 users")
+
+
+def rails71(value: Any) -> bytes:
+    """What Rails 7.1's cache coder writes for a Marshal value (no expiry, no version).
+    rubymarshal writes the same bytes as Ruby's own Marshal.dump for these values."""
+    import struct
+
+    from rubymarshal.writer import writes
+
+    return b"\x00\x11" + struct.pack("<Bdl", 1, -1.0, -1) + writes(value)
+
+
+def test_a_nul_in_legacy_text_is_imported_as_u_fffd_and_counted(
+    app: Flask, legacy_server: RedisServer, legacy: redis.Redis, tmp_path: Any
+) -> None:
+    """The legacy app stored U+0000 (PostgreSQL text cannot): it is replaced with U+FFFD,
+    like an invalid byte, and counted; the rest of the key imports as usual."""
+    from rubymarshal.classes import Symbol
+
+    def message(text: str, direction: str, image: str | None) -> dict[Any, Any]:
+        return {Symbol("message_text"): text, Symbol("type"): direction,
+                Symbol("image"): image}
+
+    legacy.set("1", rails71({"2_User": {Symbol("type"): "User", Symbol("messages"): [
+        message("before\x00after", "sent", None),
+        message("clean", "received", "/img/\x00.png"),
+        message("also clean", "sent", None),
+    ]}}))
+    report_file = tmp_path / "report.json"
+    out = migrate(app, "import-legacy", "--redis", legacy_server.url, "--report", str(report_file))
+    assert "3 messages read, 3 written, 0 already present, 3 views written; 0 skipped" in summary(
+        out)
+    assert "2 strings had invalid bytes or U+0000, replaced with U+FFFD" in out
+    assert json.loads(report_file.read_text())["counts"]["replaced"] == 2
+    with app.app_context():
+        engine = app.extensions["chat"].state.history.engine
+        with engine.connect() as conn:
+            rows = set(conn.execute(select(messages.c.message_text, messages.c.image)).all())
+    assert rows == {("before\ufffdafter", None), ("clean", "/img/\ufffd.png"),
+                    ("also clean", None)}

@@ -118,9 +118,9 @@ def test_write_behind_drain(app: Flask) -> None:
         for i in range(30):
             chat.send_message(1 + i % 2, "2_User" if i % 2 == 0 else "1_User", str(i))
         assert chat.state.redis.llen(chat.state.keys.persist_queue()) == 30
-        assert drain_write_behind() == 30
+        assert drain_write_behind()["written"] == 30
         assert chat.state.redis.llen(chat.state.keys.persist_queue()) == 0
-        assert drain_write_behind() == 0
+        assert drain_write_behind()["written"] == 0
         # The caches are untouched: write-behind only copies.
         assert len(chat.history(1)["2_User"]["messages"]) == 30
     assert count(app, messages) == 30
@@ -288,3 +288,87 @@ def test_sessions_start_and_end_with_flask_login(
         assert rows[0]["ended_at"] is not None
     finally:
         engine.dispose()
+
+
+class Killed(BaseException):
+    """The process dies here (a BaseException: nothing in flask-chat catches it)."""
+
+
+def dies_after(client: Any, steps: int) -> Callable[[], None]:
+    """Make ``client`` die before its command (or pipeline) number ``steps + 1``: what a
+    kill -9 between two Redis round trips leaves. Returns the undo."""
+    calls = [0]
+    execute_command, pipeline = client.execute_command, client.pipeline
+
+    def step() -> None:
+        calls[0] += 1
+        if calls[0] > steps:
+            raise Killed()
+
+    def command(*args: Any, **kwargs: Any) -> Any:
+        step()
+        return execute_command(*args, **kwargs)
+
+    def pipe(*args: Any, **kwargs: Any) -> Any:
+        made = pipeline(*args, **kwargs)
+        execute = made.execute
+
+        def run(*a: Any, **k: Any) -> Any:
+            step()
+            return execute(*a, **k)
+
+        made.execute = run
+        return made
+
+    client.execute_command, client.pipeline = command, pipe
+
+    def undo() -> None:
+        del client.execute_command, client.pipeline
+
+    return undo
+
+
+def test_persist_then_clear_killed_at_any_step_leaves_nothing_the_sweep_misses(
+    app: Flask,
+) -> None:
+    """Kill the job between any two of its Redis round trips: the next sweep still finds
+    the user, persists what is left and clears it. (Dropping the user from the set of
+    cached users before clearing their cache lost them to every later sweep.)"""
+    chat = app.extensions["chat"]
+    sent: list[str] = []
+    with app.app_context():
+        state = chat.state
+        for steps in range(100):
+            sent += [chat.send_message(1, "2_User", f"{steps}: {i}").id for i in range(3)]
+            undo = dies_after(state.redis, steps)
+            try:
+                persist_users([2], clear=True)
+                finished = True
+            except Killed:
+                finished = False
+            finally:
+                undo()
+            sweep(recover_grace=0)  # a later sweep (the dead job's markers are old by then)
+            assert chat.history(1) == chat.history(2) == {}, steps
+            assert list(chat.cached_user_ids()) == [], steps
+            assert state.redis.zcard(state.keys.clearing()) == 0
+            if finished:
+                break
+        assert steps > 3  # the job was killed at every one of its steps first
+    with app.app_context():
+        with state.history.engine.connect() as conn:
+            assert set(conn.scalars(select(messages.c.id))) == set(sent)
+
+
+def test_every_script_declares_keys_of_one_slot(app: Flask) -> None:
+    """Redis Cluster's rule for the drain's and the clear's scripts: the processing lists
+    and leases hash like the queue itself (their tag is the queue's key)."""
+    from redis.crc import key_slot
+
+    with app.app_context():
+        keys = app.extensions["chat"].state.keys
+    drain = [keys.persist_queue(), keys.persist_processing("job-1"), keys.persist_leases()]
+    assert len({key_slot(k.encode()) for k in drain}) == 1
+    clear = [keys.conversations(7), keys.floor(7), keys.spill(7),
+             *keys.conversation_keys(7, "2_User")[1:3], *keys.conversation_keys(7, "5_Group")[1:3]]
+    assert len({key_slot(k.encode()) for k in clear}) == 1
