@@ -1,10 +1,13 @@
-"""Injected network latency: a TCP proxy that holds every byte for a while.
+"""Network faults on demand: a TCP proxy that delays bytes, or cuts a connection.
 
-:class:`DelayProxy` forwards connections to a real server (Redis here) and delays the
-bytes of each direction by its own, changeable amount, keeping their order, as a slow
-or congested network link would. Put one between an app instance and Redis and that
-instance's replies, and so its next commands, arrive late while every other instance
-runs at full speed: the interleavings a failover or a slow machine produces, on demand.
+:class:`DelayProxy` forwards connections to a real server (Redis, or an app instance)
+and delays the bytes of each direction by its own, changeable amount, keeping their
+order, as a slow or congested network link would. Put one between an app instance and
+Redis and that instance's replies, and so its next commands, arrive late while every
+other instance runs at full speed: the interleavings a failover or a slow machine
+produces. Put one in front of an app instance and :meth:`DelayProxy.cut_next_answer`
+drops the server's next answer and cuts the connection, as when a load balancer or the
+network fails after the request was handled (the client is left in doubt).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class DelayProxy:
         self.port = free_port()
         self.up = 0.0
         self.down = 0.0
+        self._cut = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener = socket.socket()
@@ -60,6 +64,11 @@ class DelayProxy:
             try:
                 while True:
                     data = src.recv(65536)
+                    if data and direction == "down" and self._cut.is_set():
+                        self._cut.clear()
+                        data = b""  # dropped; the connection ends here
+                        for s in (src, dst):
+                            s.shutdown(socket.SHUT_RDWR)
                     held.put((time.monotonic() + getattr(self, direction), data))
                     if not data:
                         return
@@ -89,12 +98,12 @@ class DelayProxy:
         threading.Thread(target=read, daemon=True).start()
         threading.Thread(target=write, daemon=True).start()
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def cut_next_answer(self) -> None:
+        """Drop the next bytes the server sends on any connection and cut that one."""
+        self._cut.set()
 
-    def close(self) -> None:
-        self._listener.close()
+    def drop_held(self) -> None:
+        """Cut every connection now; bytes still held are never delivered."""
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for s in sockets:
@@ -103,3 +112,11 @@ class DelayProxy:
             except OSError:
                 pass  # already closed
             s.close()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def close(self) -> None:
+        self._listener.close()
+        self.drop_held()
