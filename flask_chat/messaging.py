@@ -362,5 +362,8 @@ def _replay(
         replayed=True,
     )
     if _deliver(state, message, group, [], persist=False) and state.config.persistence:
-        _deliver(state, message, group, [])
+        if _deliver(state, message, group, []) == 1:
+            from .jobs import enqueue_drain
+
+            enqueue_drain(state)
     return message
