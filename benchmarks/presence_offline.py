@@ -116,7 +116,7 @@ def main() -> None:
             doomed.wait()
             wait_presence(bob, 1, False)
             lags.append(time.monotonic() - killed)
-            alice.shutdown()
+            alice.shutdown()  # type: ignore[no-untyped-call]
         bob.close()
     finally:
         survivor.terminate()

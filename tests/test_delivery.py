@@ -61,7 +61,7 @@ class Pair:
     def last_id(self) -> tuple[str | None, str | None]:
         """The id allocator's state, read straight from Redis."""
         ms, seq = self.redis.hmget("chat:ids", ["ms", "seq"])
-        return ms, seq
+        return (None if ms is None else str(ms)), (None if seq is None else str(seq))
 
     def close(self) -> None:
         for client in self.clients:
@@ -198,8 +198,11 @@ def test_concurrent_senders_on_a_slow_and_a_fast_instance_lose_nothing_across_re
         position = max(seen)
         # Away while a few sends complete (alice's are in flight most of the time).
         away = len(sent)
-        wait_for(lambda a=away: len(sent) >= a + 3 or not sending(), timeout=30,
-                 what="sends while bob is away")
+
+        def progressed(away: int = away) -> bool:
+            return len(sent) >= away + 3 or not sending()
+
+        wait_for(progressed, timeout=30, what="sends while bob is away")
         bob = Client(p.fast.port, bob_cookie, f"?after={position}")
         p.clients.append(bob)
         done = bob.wait_type("catchup")
@@ -375,7 +378,7 @@ def test_a_retry_finishes_a_send_whose_instance_died_after_the_claim(
     p.slow.kill()  # its stores are still held in the proxy...
     p.proxy.drop_held()  # ...and never arrive
     sender.join(timeout=30)
-    claimed = json.loads(record)["m"]["id"]
+    claimed = json.loads(str(record))["m"]["id"]
     assert cached(p.fast.port, "bob", "1_User", "finish me") == []
 
     cookie, csrf = csrf_session(p.fast.port, "alice")
@@ -446,7 +449,8 @@ def test_a_killed_instance_users_are_announced_offline_within_the_ttl(
     try:
         alice.wait_type("online")  # sent after the connection was registered
         seconds, micros = r.time()
-        lease = float(r.zscore("chat:{u:1}:conns", alice.wait_type("hello")["connection_id"]))
+        lease = r.zscore("chat:{u:1}:conns", alice.wait_type("hello")["connection_id"])
+        assert lease is not None
         left = lease - (seconds + micros / 1e6)
         print(f"lease written at connect: {left:.3f} s of a {ttl} s TTL")
         # The lease must run out early enough for a reaper pass (TTL/8) to come after it.
