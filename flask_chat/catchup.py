@@ -96,6 +96,8 @@ def missed(
         wanted.append((None, bodies, ids, False))
         wanted.append((None, bodies, late[1 + i].get(f"{gid}_Group", []), True))
     wanted = [w for w in wanted if w[2]]
+    if set(late[0]) - set(conversations):
+        return False, []  # a late message's whole conversation has been cleared since
     total = sum(len(ids) for _, _, ids, _ in wanted)
     if total > state.config.catchup_limit:
         return False, []
@@ -107,8 +109,8 @@ def missed(
         pipe.hmget(bodies, ids)
     events: dict[str, bytes] = {}
     recovered = True
-    for (source, _, ids, below), found in zip(wanted, pipe.execute(), strict=True):
-        for message_id, body in zip(ids, found, strict=True):
+    for (source, _, ids, below), bodies_found in zip(wanted, pipe.execute(), strict=True):
+        for message_id, body in zip(ids, bodies_found, strict=True):
             if body is None:
                 # Gone since it was logged (trimmed or cleared): a late one is lost to
                 # catch-up; one above P was removed just now, and the floor says so.

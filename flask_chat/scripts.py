@@ -42,9 +42,8 @@ return {ms, seq}
 """
 
 # The body of APPEND and DELIVER: store one message in one owner's conversation.
-# ``published``: the owner's publish log (DELIVER), whose entries go with trimmed ids.
 _STORE = """
-local function store(published)
+local function store()
   if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then
     return -1
   end
@@ -62,7 +61,6 @@ local function store(published)
         redis.call('HSET', KEYS[5], ARGV[1] .. '|' .. popped[i], body)
       end
       redis.call('HDEL', KEYS[3], popped[i])
-      if published then redis.call('ZREM', published, ARGV[1] .. '|' .. popped[i]) end
       if popped[i] > highest then highest = popped[i] end
       trimmed = trimmed + 1
     end
@@ -84,7 +82,7 @@ end
 #: it is in SQL), and the floor remembers the highest id trimmed (catch-up from below it
 #: is incomplete).
 APPEND = _STORE + """
-return store(nil)
+return store()
 """
 
 #: The send path's append: APPEND, and in the same atomic step, record when the message
@@ -100,10 +98,12 @@ return store(nil)
 #: every message published on its channels before P, and catch-up can find, by that
 #: time, every message published after P whatever its id: ids are allocated a round
 #: trip earlier, so a slow sender's lower id can be published after a higher one.
-#: Keys of one store only (one hash slot): legal on Redis Cluster, where PUBLISH needs
-#: no key.
+#: Log entries outlive trimming on purpose (they expire after the retention): a late
+#: message that was trimmed before a client caught up makes that catch-up "not
+#: recovered" instead of silently incomplete. Keys of one store only (one hash slot):
+#: legal on Redis Cluster, where PUBLISH needs no key.
 DELIVER = _STORE + """
-local trimmed = store(KEYS[6])
+local trimmed = store()
 if trimmed < 0 then
   return trimmed
 end

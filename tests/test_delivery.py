@@ -136,6 +136,46 @@ def test_a_lower_id_published_after_the_position_is_replayed(
 
 
 
+def test_a_late_message_trimmed_before_the_catch_up_makes_it_not_recovered(
+    pair: Callable[..., Pair],
+) -> None:
+    """As above, but before bob is back alice's late message has been trimmed off his
+    window (CHAT_HISTORY_LIMIT=1): catch-up cannot replay it and must say so."""
+    p = pair(CHAT_HISTORY_LIMIT=1)
+    bob = p.connect(p.fast, "bob")
+    carol = p.connect(p.fast, "carol")
+    alice_fast = p.connect(p.fast, "alice")
+    cookie, csrf = csrf_session(p.slow.port, "alice")
+    before = p.last_id()
+    p.proxy.down = 1.0
+    result: dict[str, Any] = {}
+
+    def alice_sends() -> None:
+        result["answer"] = http_json(
+            p.slow.port, "POST", "/chats/send_message",
+            {"to": "2_User", "message_text": "late"}, cookie, csrf,
+        )
+
+    sender = threading.Thread(target=alice_sends)
+    sender.start()
+    wait_for(lambda: p.last_id() != before, what="alice's id to be allocated")
+    carol.send({"type": "send", "to": "2_User", "message_text": "position", "ref": "c"})
+    position = carol.wait_type("ack", ref="c")["message"]["id"]
+    bob.wait_type("message", id=position)
+    bob.close()
+    p.proxy.down = 0.0
+    sender.join(timeout=30)
+    status, late = result["answer"]
+    assert status == 201 and late["id"] < position, late
+    alice_fast.send({"type": "send", "to": "2_User", "message_text": "newer", "ref": "a"})
+    newer = alice_fast.wait_type("ack", ref="a")["message"]["id"]
+    assert cached(p.fast.port, "bob", "1_User", "late") == []  # trimmed off the window
+    assert cached(p.fast.port, "bob", "1_User", "newer") == [newer]
+
+    again = p.connect(p.fast, "bob", f"?after={position}")
+    assert again.wait_type("catchup")["recovered"] is False
+
+
 def test_concurrent_senders_on_a_slow_and_a_fast_instance_lose_nothing_across_reconnects(
     pair: Callable[..., Pair],
 ) -> None:
