@@ -1,11 +1,13 @@
 """Time ``POST /chats/send_message``: N sequential requests against a real server.
 
-    .venv/bin/python benchmarks/send_message.py [--requests 1000] [--to 2_User]
+    .venv/bin/python benchmarks/send_message.py [--requests 1000] [--to 2_User] [--keyed]
 
 Starts a real redis-server and the demo app on gevent (``examples/serve.py``) in a
 separate process, logs in as alice over HTTP, then sends one message at a time on one
 keep-alive connection and prints the median, p99 and throughput. Also times the same
-send through the Python API in this process (no HTTP) for comparison.
+send through the Python API in this process (no HTTP) for comparison. ``--keyed`` gives
+every send its own idempotency key (``Idempotency-Key`` header, ``idempotency_key=``), as
+``chat.js`` does.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def report(label: str, samples: list[float], wall: float) -> None:
     )
 
 
-def bench_http(redis_url: str, requests: int, to: str) -> None:
+def bench_http(redis_url: str, requests: int, to: str, keyed: bool) -> None:
     port = free_port()
     env = dict(
         os.environ,
@@ -111,19 +113,21 @@ def bench_http(redis_url: str, requests: int, to: str) -> None:
         for i in range(requests):
             body = json.dumps({"to": to, "message_text": f"message {i}"})
             t0 = time.perf_counter()
-            conn.request("POST", "/chats/send_message", body=body, headers=headers)
+            sent = {**headers, "Idempotency-Key": f"bench-{to}-{i}"} if keyed else headers
+            conn.request("POST", "/chats/send_message", body=body, headers=sent)
             resp = conn.getresponse()
             resp.read()
             samples.append(time.perf_counter() - t0)
             if resp.status != 201:
                 raise SystemExit(f"unexpected status {resp.status}")
-        report(f"HTTP POST /chats/send_message to {to}", samples, time.perf_counter() - start)
+        label = f"HTTP POST /chats/send_message to {to}{' (keyed)' if keyed else ''}"
+        report(label, samples, time.perf_counter() - start)
     finally:
         server.terminate()
         server.wait(timeout=10)
 
 
-def bench_api(redis_url: str, requests: int, to: str) -> None:
+def bench_api(redis_url: str, requests: int, to: str, keyed: bool) -> None:
     from chat_app import create_app
 
     app = create_app(
@@ -140,9 +144,13 @@ def bench_api(redis_url: str, requests: int, to: str) -> None:
         start = time.perf_counter()
         for i in range(requests):
             t0 = time.perf_counter()
-            chat.send_message(1, to, f"api {i}")
+            if keyed:
+                chat.send_message(1, to, f"api {i}", idempotency_key=f"api-{to}-{i}")
+            else:
+                chat.send_message(1, to, f"api {i}")
             samples.append(time.perf_counter() - t0)
-        report(f"Python chat.send_message to {to}", samples, time.perf_counter() - start)
+        label = f"Python chat.send_message to {to}{' (keyed)' if keyed else ''}"
+        report(label, samples, time.perf_counter() - start)
 
 
 def main() -> None:
@@ -152,6 +160,7 @@ def main() -> None:
         "--to", action="append", help="conversation keys (default 2_User and 5_Group)"
     )
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
+    parser.add_argument("--keyed", action="store_true", help="an idempotency key per send")
     args = parser.parse_args()
     targets = args.to or ["2_User", "5_Group"]
     server = None
@@ -161,8 +170,8 @@ def main() -> None:
         url = server.start()
     try:
         for to in targets:
-            bench_http(url, args.requests, to)
-            bench_api(url, args.requests, to)
+            bench_http(url, args.requests, to, args.keyed)
+            bench_api(url, args.requests, to, args.keyed)
     finally:
         if server:
             server.stop()

@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "CHAT_PERSIST_BATCH_USERS": 200,
     "CHAT_API_TOKEN": None,
     "CHAT_GROUP_MEMBER_CACHES": True,
+    "CHAT_IDEMPOTENCY_WINDOW": 86400,
 }
 
 
@@ -113,6 +114,7 @@ class ChatConfig:
     persist_batch_users: int
     api_token: str | None
     group_member_caches: bool
+    idempotency_window: int
 
 
 @dataclass
@@ -266,6 +268,9 @@ class Chat:
         ``CHAT_API_TOKEN`` (None)
             Shared secret for ``POST /chats/api/messages``, the send API for trusted
             servers (e.g. Rails); None switches that route off.
+        ``CHAT_IDEMPOTENCY_WINDOW`` (86400)
+            Seconds a send's idempotency key is remembered: a retry with the same key
+            within it answers the original message instead of sending another.
         """
         if "chat" in app.extensions:
             raise RuntimeError(
@@ -387,6 +392,7 @@ class Chat:
             persist_batch_users=_positive_int(c, "CHAT_PERSIST_BATCH_USERS"),
             api_token=c["CHAT_API_TOKEN"] or None,
             group_member_caches=bool(c["CHAT_GROUP_MEMBER_CACHES"]),
+            idempotency_window=_positive_int(c, "CHAT_IDEMPOTENCY_WINDOW"),
         )
 
     @property
@@ -486,14 +492,25 @@ class Chat:
 
     # -- the public API ------------------------------------------------------------
 
-    def send_message(self, sender_id: int, to: str, text: str) -> messaging.Message:
+    def send_message(
+        self, sender_id: int, to: str, text: str, idempotency_key: str | None = None
+    ) -> messaging.Message:
         """Send ``text`` from ``sender_id`` to conversation ``to`` (``2_User``, ``5_Group``).
 
         Works in any app context (a request, an RQ job, a script). Validates exactly as
         ``POST /chats/send_message`` does and raises a :class:`~flask_chat.ChatError`
         with nothing stored when the input is refused.
+
+        ``idempotency_key``: a string unique to this message (1-128 letters, digits,
+        ``-_.:``). Sending again with the same key within ``CHAT_IDEMPOTENCY_WINDOW``
+        returns the original message (``replayed`` True) and sends nothing; the same
+        key with another ``to`` or text raises ``idempotency_key_reused`` (422).
         """
-        message, recipients = messaging.send(self, self.state, sender_id, to, text)
+        message, recipients = messaging.send(
+            self, self.state, sender_id, to, text, idempotency_key
+        )
+        if message.replayed:
+            return message  # sent before, signalled then
         message_sent.send(
             current_app._get_current_object(),  # type: ignore[attr-defined]
             message=message,

@@ -63,10 +63,12 @@ class Hub:
         self.heartbeat_callbacks: list[Callable[[], None]] = []
 
     def start(self) -> None:
+        # Presence runs at the reaper's pace; renewals are due every few passes.
+        self._renew_due = 0.0
         self._greenlets = [
             gevent.spawn(self.subscriber.run),
             gevent.spawn(self._every, self.state.config.ping_interval, self._ping),
-            gevent.spawn(self._every, self.state.config.presence_ttl / 3, self._heartbeat),
+            gevent.spawn(self._every, self.state.presence.reap_interval, self._heartbeat),
         ]
 
     def _every(self, interval: float, task: Callable[[], None]) -> None:
@@ -241,15 +243,23 @@ class Hub:
 
     def _heartbeat(self) -> None:
         presence = self.state.presence
-        live = [(c.user_id, c.id) for c in self.connections.values() if c.user_id]
-        for start in range(0, len(live), self.SLICE):
-            for user_id in presence.heartbeat(live[start : start + self.SLICE]):
-                self.on_presence_change(user_id, True)
-            gevent.sleep(0)
+        # Renew on the renewal interval, reap on every pass (the reaper's interval):
+        # each is what its side of "offline within the TTL" needs (see presence.py).
+        now = time.monotonic()
+        renew = now >= self._renew_due
+        if renew:
+            # Due a little early, so that a pass that comes late still renews in time.
+            self._renew_due = now + presence.renew_interval - presence.reap_interval / 2
+            live = [(c.user_id, c.id) for c in self.connections.values() if c.user_id]
+            for start in range(0, len(live), self.SLICE):
+                for user_id in presence.heartbeat(live[start : start + self.SLICE]):
+                    self.on_presence_change(user_id, True)
+                gevent.sleep(0)
         for user_id in presence.reap():
             self.on_presence_change(user_id, False)
-        for callback in self.heartbeat_callbacks:
-            callback()
+        if renew:
+            for callback in self.heartbeat_callbacks:  # at the renewal pace, as before
+                callback()
 
     # -- shutdown --------------------------------------------------------------------
 

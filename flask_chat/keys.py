@@ -20,7 +20,12 @@ on a cluster)::
     chat:{u:1}:rate               HASH   send rate limiter state (token bucket)
     chat:{u:1}:gen                STRING websocket token generation: logout bumps it, so
                                          every token issued before is refused
-    chat:{g:5}:convs / :idx:5_Group / :msg:5_Group / :floor
+    chat:{u:1}:published          ZSET   "<conversation>|<id>" of messages published to
+                                         user 1, scored by when (server ms.µs): catch-up
+                                         finds late publishes of lower ids with it
+    chat:{u:1}:idem:<key>         STRING a send's idempotency record (the message it
+                                         stood for), kept CHAT_IDEMPOTENCY_WINDOW seconds
+    chat:{g:5}:convs / :idx:5_Group / :msg:5_Group / :floor / :published
                                          group 5's recent messages, shared by all members
     chat:online                   ZSET   online user ids, scored by presence expiry
     chat:persist                  LIST   write-behind queue of sent messages for SQL
@@ -120,6 +125,14 @@ class Keys:
     def token_generation(self, user_id: int) -> str:
         return f"{self._user(user_id)}:gen"
 
+    def published(self, user_id: int) -> str:
+        return f"{self._user(user_id)}:published"
+
+    def idempotency(self, user_id: int, key: str) -> str:
+        """A send's idempotency record; ``key`` is the client's, already validated (a
+        restricted charset, so it cannot break the hash tag or a SCAN pattern)."""
+        return f"{self._user(user_id)}:idem:{key}"
+
     def _group(self, group_id: int) -> str:
         return f"{self.prefix}:{{g:{group_id}}}"
 
@@ -141,6 +154,9 @@ class Keys:
 
     def group_floor(self, group_id: int) -> str:
         return f"{self._group(group_id)}:floor"
+
+    def group_published(self, group_id: int) -> str:
+        return f"{self._group(group_id)}:published"
 
     def online(self) -> str:
         return f"{self.prefix}:online"

@@ -2,13 +2,17 @@
 
 This is the one send path: ``POST /chats/send_message``, :meth:`flask_chat.Chat.send_message`,
 the websocket ``send`` frame and the bridge all come through :func:`send`. It costs two
-Redis round trips: (rate limit, id, who is online) and (the appends, then the publishes);
-a group message adds a third, after the publish, for its online members' caches.
+Redis round trips: (rate limit, id, who is online) and (each owner's store and publish,
+one script step per owner: ``scripts.DELIVER``); a send with an idempotency key adds one
+in between (the claim), and a group message one after the publish, for its online
+members' caches.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from redis.client import Pipeline
 
 from . import protocol
-from .cache import CacheEntry
 from .conversations import ConversationKey, valid_user_id
 from .errors import ChatError, Forbidden, NotFound, ValidationError
 from .ids import format_id, id_time, iso_utc
@@ -43,6 +46,8 @@ class Message:
     message_text: str
     image: str | None
     sent_at: str
+    #: True when this answers a retried send (same idempotency key): nothing was sent.
+    replayed: bool = False
 
     def cache_entry(self, type_: str) -> dict[str, Any]:
         """The message as it sits in an owner's cache; ``type_`` is ``sent`` or ``received``."""
@@ -124,11 +129,42 @@ def check_target(chat: Chat, sender_id: int, to: ConversationKey) -> GroupInfo |
     return group
 
 
+#: What an idempotency key may be: a UUID, a ULID, hex or base64url all fit.
+IDEMPOTENCY_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def validate_idempotency_key(value: object) -> str:
+    if not isinstance(value, str) or not IDEMPOTENCY_KEY_RE.fullmatch(value):
+        raise ValidationError(
+            "The idempotency key must be 1 to 128 letters, digits, '-', '_', '.' or ':'.",
+            code="invalid_idempotency_key",
+            field="idempotency_key",
+        )
+    return value
+
+
+def _digest(conversation: ConversationKey, text: str) -> str:
+    """What a retry must repeat exactly: the recipient and the text."""
+    data = json.dumps([str(conversation), text], ensure_ascii=False).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
 def send(
-    chat: Chat, state: ChatState, sender_id: object, to: object, text: object
+    chat: Chat,
+    state: ChatState,
+    sender_id: object,
+    to: object,
+    text: object,
+    idempotency_key: object = None,
 ) -> tuple[Message, list[int]]:
     """Validate, store and publish one message; returns it and the users whose caches
-    received it (the sender excluded). Nothing is written unless every check passes."""
+    received it (the sender excluded). Nothing is written unless every check passes.
+
+    With an ``idempotency_key`` (unique per message, chosen by the client), a repeated
+    send with the same key and content answers the original message — same id, stored
+    and published once — with ``replayed`` set and no recipients; the same key with
+    other content is refused (422 ``idempotency_key_reused``).
+    """
     started = time.perf_counter()
     if not valid_user_id(sender_id):
         raise ValidationError(
@@ -137,18 +173,21 @@ def send(
     assert isinstance(sender_id, int)
     conversation = ConversationKey.parse(to)
     message_text = validate_text(text, state.config.max_message_length)
+    key = None if idempotency_key is None else validate_idempotency_key(idempotency_key)
     sender = chat.get_user(sender_id)
     if sender is None:
         raise NotFound(f"There is no user {sender_id}.", code="unknown_sender", field="sender_id")
     group = check_target(chat, sender_id, conversation)
     keys = state.keys
 
-    # Round trip 1: the rate limit, the id, and (for a group) who is online.
+    # Round trip 1: the rate limit (unless a claim does it below), the id, and (for a
+    # group) who is online.
     config = state.config
     members = [m for m in group.members if m != sender_id] if group else []
+    limit_now = bool(config.send_rate) and key is None
 
     def first(pipe: Pipeline) -> None:
-        if config.send_rate:
+        if limit_now:
             queue(pipe, state.scripts.rate_limit, [keys.rate(sender_id)],
                   [config.send_rate, config.send_burst])
         queue(pipe, state.scripts.next_id, [keys.ids()], [])
@@ -156,10 +195,8 @@ def send(
             pipe.zmscore(keys.online(), [str(m) for m in members])
 
     results = state.scripts.run(state.redis, first)
-    if config.send_rate and not results.pop(0):
-        raise RateLimited(
-            f"Too many messages: at most {config.send_rate:g} a second.", field="message_text"
-        )
+    if limit_now and not results.pop(0):
+        raise _rate_limited(config.send_rate)
     ms, seq = results[0]
     message_id = format_id(int(ms), int(seq))
     if group is None:
@@ -176,67 +213,32 @@ def send(
             else []
         )
 
-    sent = id_time(message_id)
     message = Message(
         id=message_id,
         conversation=conversation,
         sender_id=sender_id,
         message_text=message_text,
         image=sender.image,
-        sent_at=iso_utc(sent),
+        sent_at=iso_utc(id_time(message_id)),
     )
-    # Round trip 2: every append, then the publishes. Each body is serialised once per
-    # side, and one event (the same bytes) goes to every recipient and tab.
-    event = protocol.message_event(message)
-    received = json.dumps(message.cache_entry("received"), ensure_ascii=False)
-    entries = [
-        CacheEntry(
-            sender_id,
-            str(conversation),
-            message_id,
-            json.dumps(message.cache_entry("sent"), ensure_ascii=False),
-        )
-    ]
-    if group is None:
-        entries.append(
-            CacheEntry(conversation.id, str(ConversationKey.user(sender_id)), message_id, received)
-        )
-        channels = [keys.user_channel(conversation.id), keys.user_channel(sender_id)]
-    else:
-        # The group's own store serves members who were offline, and catch-up.
-        entries.append(
-            CacheEntry(
-                None,
-                str(conversation),
-                message_id,
-                event,
-                keys=keys.group_conversation_keys(group.id),
-            )
-        )
-        channels = [keys.group_channel(group.id)]
-    # Online members' caches get it too (the legacy rule), after the publish: a big
-    # group costs one script call per member, and nobody should wait for those.
-    later = [CacheEntry(uid, str(conversation), message_id, received) for uid in recipients
-             if group is not None]
-    copies = later if config.group_member_caches else []
-    persist = None
-    if config.persistence:
-        # Write-behind: the message and who holds it go to SQL soon, in batches.
-        owners = [(sender_id, str(conversation), "sent")]
-        owners += [(e.user_id, e.conversation, "received") for e in entries[1:] + later
-                   if e.user_id]
-        persist = json.dumps({"m": json.loads(event), "v": owners}).encode()
-    _, queued = state.cache.append(
-        entries,
-        score=int(sent.timestamp() * 1000),
-        publish=[(c, event) for c in channels],
-        persist=persist,
-    )
-    if copies:
-        state.cache.append_to_many(
-            [e.user_id for e in copies if e.user_id is not None],
-            str(conversation), message_id, received, int(sent.timestamp() * 1000),
-        )
+    if key is not None:
+        # Round trip 2 (keyed sends only): claim the key with the whole message, before
+        # anything is stored, so that a retry finds the id to repeat.
+        digest = _digest(conversation, message_text)
+        record = json.dumps({"h": digest, "m": message.for_sender()}, ensure_ascii=False)
+        claimed, existing = state.scripts.run(
+            state.redis,
+            lambda pipe: queue(
+                pipe, state.scripts.claim, [keys.idempotency(sender_id, key), keys.rate(sender_id)],
+                [record, config.idempotency_window, config.send_rate, config.send_burst],
+            ),
+        )[0]
+        if int(claimed) == 2:
+            raise _rate_limited(config.send_rate)
+        if int(claimed) == 0:
+            return _replay(state, sender_id, group, json.loads(existing), digest), []
+
+    queued = _deliver(state, message, group, recipients)
     if queued == 1:
         # The queue was empty, so no drain job is pending: start one.
         from .jobs import enqueue_drain
@@ -245,3 +247,131 @@ def send(
     METRICS.sends.inc()
     METRICS.send_latency.observe(time.perf_counter() - started)
     return message, recipients
+
+
+def _rate_limited(rate: float) -> RateLimited:
+    return RateLimited(f"Too many messages: at most {rate:g} a second.", field="message_text")
+
+
+def _deliver(
+    state: ChatState,
+    message: Message,
+    group: GroupInfo | None,
+    recipients: list[int],
+    persist: bool = True,
+) -> int | None:
+    """Store ``message`` in every owner's store and publish it, in one round trip (a
+    group adds one, after the publish, for its online members' caches). Re-running it
+    for the same message stores and publishes nothing twice. Returns the write-behind
+    queue's length after the push (None without one), or, with ``persist`` False, 1 if
+    some store did not have the message yet, else 0."""
+    config = state.config
+    keys = state.keys
+    scripts = state.scripts
+    conversation = message.conversation
+    sender_id = message.sender_id
+    message_id = message.id
+    score = int(id_time(message_id).timestamp() * 1000)
+    # Each body is serialised once per side, and one event (the same bytes) goes to
+    # every recipient and tab.
+    event = protocol.message_event(message)
+    received = json.dumps(message.cache_entry("received"), ensure_ascii=False)
+    sent = json.dumps(message.cache_entry("sent"), ensure_ascii=False)
+    # (store keys, conversation, body, spill, channel, payload): each store is written
+    # and published to in one script step, so its readers' catch-up is sound (DELIVER).
+    stores: list[tuple[list[str], str, str | bytes, int, str, str | bytes]] = []
+    if group is None:
+        peer = conversation.id
+        stores.append((
+            keys.conversation_keys(sender_id, str(conversation)) + [keys.published(sender_id)],
+            str(conversation), sent, 1, keys.user_channel(sender_id), event,
+        ))
+        back = str(ConversationKey.user(sender_id))
+        stores.append((
+            keys.conversation_keys(peer, back) + [keys.published(peer)],
+            back, received, 1, keys.user_channel(peer), event,
+        ))
+    else:
+        stores.append((
+            keys.conversation_keys(sender_id, str(conversation)) + [keys.published(sender_id)],
+            str(conversation), sent, 1, "", "",
+        ))
+        # The group's own store serves members who were offline, and catch-up; its body
+        # is the event itself, published as it is stored.
+        stores.append((
+            keys.group_conversation_keys(group.id) + [keys.group_published(group.id)],
+            str(conversation), event, 0, keys.group_channel(group.id), "",
+        ))
+    # Online members' caches get it too (the legacy rule), after the publish: a big
+    # group costs one script call per member, and nobody should wait for those.
+    copies = recipients if group is not None and config.group_member_caches else []
+    users = [sender_id] if group is not None else [sender_id, conversation.id]
+    record = None
+    if persist and config.persistence:
+        # Write-behind: the message and who holds it go to SQL soon, in batches.
+        owners: list[tuple[int, str, str]] = [(sender_id, str(conversation), "sent")]
+        if group is None:
+            owners.append((conversation.id, str(ConversationKey.user(sender_id)), "received"))
+        else:
+            owners += [(uid, str(conversation), "received") for uid in recipients]
+        record = json.dumps({"m": json.loads(event), "v": owners}).encode()
+
+    def build(pipe: Pipeline) -> None:
+        for store_keys, conv, body, spill, channel, payload in stores:
+            queue(pipe, scripts.deliver, store_keys, [
+                conv, message_id, body, config.history_limit, score,
+                config.catchup_retention, spill, channel, payload, config.catchup_retention,
+            ])
+        # After the appends, so a concurrent clear() can never leave a user with a
+        # cache outside the set (clear removes from the set before it removes data).
+        pipe.sadd(keys.cached_users(), *users)
+        if record is not None:
+            pipe.rpush(keys.persist_queue(), record)
+            pipe.ltrim(keys.persist_queue(), -100_000, -1)
+
+    results = scripts.run(state.redis, build)
+    if copies:
+        state.cache.append_to_many(copies, str(conversation), message_id, received, score)
+    if record is not None:
+        return int(results[len(stores) + 1])
+    if not persist:
+        return int(any(int(r) != -1 for r in results[: len(stores)]))
+    return None
+
+
+def _replay(
+    state: ChatState,
+    sender_id: int,
+    group: GroupInfo | None,
+    record: dict[str, Any],
+    digest: str,
+) -> Message:
+    """Answer a send whose idempotency key was already claimed: the original message.
+
+    The claim names the message before any of it is stored, so the original attempt
+    may have died half way (or still be running): deliver it again — stores that have
+    it change nothing and publish nothing — and queue it for SQL if something was
+    missing (SQL writes are idempotent by id too)."""
+    if record.get("h") != digest:
+        raise ChatError(
+            "This idempotency key was used for another message.",
+            code="idempotency_key_reused",
+            status=422,
+            field="idempotency_key",
+        )
+    m = record["m"]
+    message = Message(
+        id=m["id"],
+        conversation=ConversationKey.parse(m["conversation"]),
+        sender_id=sender_id,
+        message_text=m["message_text"],
+        image=m["image"],
+        sent_at=m["sent_at"],
+        replayed=True,
+    )
+    if _deliver(state, message, group, [], persist=False) and state.config.persistence:
+        if _deliver(state, message, group, []) == 1:
+            from .jobs import enqueue_drain
+
+            enqueue_drain(state)
+    return message

@@ -1,7 +1,13 @@
 """Who is online: per-connection heartbeats with a TTL in Redis.
 
 Each live websocket has a member in ``{u:<id>}:conns`` scored by when it expires; its
-instance refreshes it every third of ``CHAT_PRESENCE_TTL``. A user is online while any
+instance renews it every :attr:`Presence.renew_interval` for :attr:`Presence.lease`
+seconds, and every instance's reaper looks for expired users every
+:attr:`Presence.reap_interval`. The three are cut from ``CHAT_PRESENCE_TTL`` so that the
+documented promise holds: a killed instance's users are announced offline within the
+TTL (the lease runs out at most ``lease`` after the kill, and a reaper notices within
+``reap_interval`` more: 3/4 + 1/8 of the TTL, leaving 1/8 for the work itself), while a
+live connection misses two renewals before it could lapse. A user is online while any
 of their connections has not expired, on any instance. ``online`` (a sorted set of user
 ids scored by their latest expiry) is the list to page and the place where offline is
 decided: whoever removes a user from it — a disconnect, or any instance's reaper after
@@ -42,12 +48,18 @@ class Presence:
         self.client = client
         self.keys = keys
         self.ttl = ttl
+        #: How long one renewal keeps a connection alive.
+        self.lease = ttl * 3 / 4
+        #: How often an instance renews its connections (three per lease).
+        self.renew_interval = ttl / 4
+        #: How often an instance looks for users whose every connection lapsed.
+        self.reap_interval = ttl / 8
         self._disconnect = client.register_script(_DISCONNECT)
         self._reap = client.register_script(_REAP)
 
     def connect(self, user_id: int, connection_id: str) -> bool:
         """Register a live connection; True if this made the user online."""
-        expires = time.time() + self.ttl
+        expires = time.time() + self.lease
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(self.keys.connections(user_id), {connection_id: expires})
         pipe.expire(self.keys.connections(user_id), int(self.ttl * 2) + 1)
@@ -58,7 +70,7 @@ class Presence:
         """Renew these connections; returns users who (re)appeared on the online list."""
         if not connections:
             return []
-        expires = time.time() + self.ttl
+        expires = time.time() + self.lease
         pipe = self.client.pipeline(transaction=False)
         users: dict[int, None] = {}
         for user_id, connection_id in connections:

@@ -41,6 +41,36 @@ redis.call('HSET', KEYS[1], 'ms', ms, 'seq', seq)
 return {ms, seq}
 """
 
+# The body of APPEND and DELIVER: store one message in one owner's conversation.
+_STORE = """
+local function store()
+  if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then
+    return -1
+  end
+  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+  redis.call('ZADD', KEYS[1], 'NX', ARGV[5], ARGV[1])
+  local limit = tonumber(ARGV[4])
+  local n = redis.call('ZCARD', KEYS[2])
+  local trimmed = 0
+  if limit > 0 and n > limit then
+    local popped = redis.call('ZPOPMIN', KEYS[2], n - limit)
+    local highest = ''
+    for i = 1, #popped, 2 do
+      if ARGV[7] == '1' then
+        local body = redis.call('HGET', KEYS[3], popped[i])
+        redis.call('HSET', KEYS[5], ARGV[1] .. '|' .. popped[i], body)
+      end
+      redis.call('HDEL', KEYS[3], popped[i])
+      if popped[i] > highest then highest = popped[i] end
+      trimmed = trimmed + 1
+    end
+    local floor = redis.call('GET', KEYS[4])
+    if not floor or highest > floor then redis.call('SET', KEYS[4], highest, 'EX', ARGV[6]) end
+  end
+  return trimmed
+end
+"""
+
 #: Append one message to one user's conversation.
 #: KEYS: [convs zset, index zset, bodies hash, floor string, spill hash]
 #: ARGV: [conversation key, message id, message json, history limit, conversation score,
@@ -51,29 +81,43 @@ return {ms, seq}
 #: trimmed message moves to the spill hash in the same step (nothing leaves Redis before
 #: it is in SQL), and the floor remembers the highest id trimmed (catch-up from below it
 #: is incomplete).
-APPEND = """
-if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then
-  return -1
+APPEND = _STORE + """
+return store()
+"""
+
+#: The send path's append: APPEND, and in the same atomic step, record when the message
+#: was published in the owner's publish log and PUBLISH it on the owner's channel.
+#: KEYS: APPEND's five, then [publish log zset]
+#: ARGV: APPEND's seven, then [channel ('' publishes nothing), payload ('' means the
+#:        body), log retention seconds]
+#: Returns what APPEND returns; a message already stored is neither stored nor
+#: published again (so re-running a send with the same id is harmless).
+#: Guarantee: for every owner store, storing a message and publishing it on the channel
+#: that store's readers listen to is one step, logged with the Redis server's time
+#: (``<ms>.<µs>``, member ``<conversation>|<id>``). So a reader who saw message P saw
+#: every message published on its channels before P, and catch-up can find, by that
+#: time, every message published after P whatever its id: ids are allocated a round
+#: trip earlier, so a slow sender's lower id can be published after a higher one.
+#: Log entries outlive trimming on purpose (they expire after the retention): a late
+#: message that was trimmed before a client caught up makes that catch-up "not
+#: recovered" instead of silently incomplete. Keys of one store only (one hash slot):
+#: legal on Redis Cluster, where PUBLISH needs no key.
+DELIVER = _STORE + """
+local trimmed = store()
+if trimmed < 0 then
+  return trimmed
 end
-redis.call('ZADD', KEYS[2], 0, ARGV[2])
-redis.call('ZADD', KEYS[1], 'NX', ARGV[5], ARGV[1])
-local limit = tonumber(ARGV[4])
-local n = redis.call('ZCARD', KEYS[2])
-local trimmed = 0
-if limit > 0 and n > limit then
-  local popped = redis.call('ZPOPMIN', KEYS[2], n - limit)
-  local highest = ''
-  for i = 1, #popped, 2 do
-    if ARGV[7] == '1' then
-      local body = redis.call('HGET', KEYS[3], popped[i])
-      redis.call('HSET', KEYS[5], ARGV[1] .. '|' .. popped[i], body)
-    end
-    redis.call('HDEL', KEYS[3], popped[i])
-    if popped[i] > highest then highest = popped[i] end
-    trimmed = trimmed + 1
-  end
-  local floor = redis.call('GET', KEYS[4])
-  if not floor or highest > floor then redis.call('SET', KEYS[4], highest, 'EX', ARGV[6]) end
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = tostring(ms) .. '.' .. string.format('%03d', tonumber(t[2]) % 1000)
+redis.call('ZADD', KEYS[6], at, ARGV[1] .. '|' .. ARGV[2])
+local keep = tonumber(ARGV[10]) * 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. tostring(ms - keep))
+redis.call('PEXPIRE', KEYS[6], keep)
+if ARGV[8] ~= '' then
+  local payload = ARGV[9]
+  if payload == '' then payload = ARGV[3] end
+  redis.call('PUBLISH', ARGV[8], payload)
 end
 return trimmed
 """
@@ -204,26 +248,55 @@ return #batch
 """
 
 
+# A token bucket on the server's clock: take(key, rate per second, burst) spends a token
+# and returns 1 when there is one, else returns 0.
+_TOKEN_BUCKET = """
+local function take(key, rate, burst)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  rate = tonumber(rate)
+  burst = tonumber(burst)
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or burst
+  local last = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + (now - last) * rate / 1000)
+  local allowed = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+    allowed = 1
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', now)
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+  return allowed
+end
+"""
+
 #: Token-bucket rate limit for one user. KEYS: [rate hash]; ARGV: [rate per second,
 #: burst]. Returns 1 when the action may go ahead (and spends a token), else 0.
 #: Guarantee: one clock (the server's) and one atomic step, whichever instance asks.
-RATE_LIMIT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local last = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + (now - last) * rate / 1000)
-local allowed = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
+RATE_LIMIT = _TOKEN_BUCKET + """
+return take(KEYS[1], ARGV[1], ARGV[2])
+"""
+
+#: Claim an idempotency key for a send, with the message it stands for.
+#: KEYS: [idempotency key string, rate hash] (one sender's slot)
+#: ARGV: [record json, window seconds, rate per second (0: no limit), burst]
+#: Returns {1, ''} when claimed (the record is stored for the window), {0, record} when
+#: the key was already claimed (nothing changes, no token is spent), {2, ''} when the
+#: rate limit refused the send (nothing stored).
+#: Guarantee: of any number of concurrent sends with one key, exactly one claims it, and
+#: the record names the message (its id included) before any of it is stored, so a
+#: retry can always finish or repeat the same message instead of making another.
+CLAIM = _TOKEN_BUCKET + """
+local current = redis.call('GET', KEYS[1])
+if current then
+  return {0, current}
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return allowed
+if tonumber(ARGV[3]) > 0 and take(KEYS[2], ARGV[3], ARGV[4]) == 0 then
+  return {2, ''}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return {1, ''}
 """
 
 
@@ -233,8 +306,10 @@ class Scripts:
 
     next_id: Script
     append: Script
+    deliver: Script
     remove: Script
     rate_limit: Script
+    claim: Script
 
     def load(self, client: redis.Redis) -> None:
         """SCRIPT LOAD every script (after a Redis restart or SCRIPT FLUSH)."""
@@ -269,8 +344,10 @@ class Scripts:
         return cls(
             next_id=client.register_script(NEXT_ID),
             append=client.register_script(APPEND),
+            deliver=client.register_script(DELIVER),
             remove=client.register_script(REMOVE),
             rate_limit=client.register_script(RATE_LIMIT),
+            claim=client.register_script(CLAIM),
         )
 
 

@@ -179,7 +179,8 @@ def send_message() -> Response:
     body = read_body()
     to = _require(body, "to")
     text = _require(body, "message_text")
-    message = _chat().send_message(g.chat_user_id, to, text)
+    message = _chat().send_message(
+        g.chat_user_id, to, text, request.headers.get("Idempotency-Key"))
     return json_response(message.for_sender(), 201)
 
 
@@ -204,7 +205,8 @@ def api_send_message() -> Response:
     sender = _require(body, "sender_id")
     if isinstance(sender, str) and _DIGITS.fullmatch(sender):
         sender = int(sender)
-    message = _chat().send_message(sender, _require(body, "to"), _require(body, "message_text"))
+    message = _chat().send_message(sender, _require(body, "to"), _require(body, "message_text"),
+                                   request.headers.get("Idempotency-Key"))
     return json_response(message.for_sender(), 201)
 
 

@@ -319,7 +319,8 @@ def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> N
             )
         if kind == "send":
             message = chat.send_message(
-                conn.user_id, _require(frame, "to"), _require(frame, "message_text")
+                conn.user_id, _require(frame, "to"), _require(frame, "message_text"),
+                frame.get("key"),
             )
             conn.send_text(protocol.ack(ref, message))
         elif kind == "typing":

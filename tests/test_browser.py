@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from helpers import DemoServer
@@ -74,7 +74,14 @@ if not MISSING:
     from playwright.sync_api import expect, sync_playwright
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Dialog, Locator
+    from playwright.sync_api import (
+        Browser,
+        BrowserContext,
+        Dialog,
+        Locator,
+        Route,
+        WebSocketRoute,
+    )
 
 
 # -- fixtures --------------------------------------------------------------------------
@@ -433,3 +440,170 @@ def test_message_text_is_rendered_as_text(people: Callable[[str], Person]) -> No
         person.follow("About", "/about")
         assert person.bootstrap_texts(key) == [payload, breakout]
         check(person, key)
+
+
+# -- sends in doubt, out-of-order frames ------------------------------------------------------
+
+
+WS_URL = re.compile(r".*/chats/ws(\?.*)?$")
+
+
+def _frame(message: str | bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(message)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def routed_person(
+    chromium: Browser,
+    demo: DemoServer,
+    name: str,
+    route: Callable[[WebSocketRoute], None],
+) -> Person:
+    """A person whose websockets go through ``route`` (Playwright's websocket routing:
+    the real server behind it, or not, as ``route`` decides)."""
+    context = chromium.new_context(viewport={"width": 1100, "height": 700})
+    context.set_default_timeout(SOON_MS)
+    context.route_web_socket(WS_URL, route)
+    return Person(name, context, demo.url).log_in()
+
+
+def test_a_send_answered_502_is_retried_with_its_key_and_stored_once(
+    chromium: Browser, demo: DemoServer, people: Callable[[str], Person]
+) -> None:
+    bob = people("bob")
+    online = {"yes": True}
+    routes: list[WebSocketRoute] = []
+
+    def websockets(ws: WebSocketRoute) -> None:
+        routes.append(ws)
+        if online["yes"]:
+            ws.connect_to_server()
+        # else: a websocket that never says hello, so the page sends over HTTP
+
+    alice = routed_person(chromium, demo, "alice", websockets)
+    try:
+        keys: list[str | None] = []
+
+        def send_message(route: Route) -> None:
+            keys.append(route.request.headers.get("idempotency-key"))
+            if len(keys) == 1:
+                route.fetch()  # the server stores it...
+                route.fulfill(status=502, content_type="text/html", body="<h1>502</h1>")
+            else:
+                route.continue_()
+
+        alice.context.route("**/chats/send_message", send_message)
+        online["yes"] = False
+        routes[-1].close()  # the live websocket goes; the next ones are dead ends
+        alice.page.wait_for_function("() => !window.FlaskChat.connected", timeout=SOON_MS)
+
+        alice.open_chat("Chat with bob")
+        alice.say("2_User", "sent once, answered twice")
+        expect(alice.texts("2_User")).to_have_text(["sent once, answered twice"])
+        expect(bob.texts("1_User")).to_have_text(["sent once, answered twice"])
+        assert len(keys) == 2 and keys[0] == keys[1], keys
+        assert keys[0] and re.fullmatch(r"[0-9a-f]{32}", keys[0]), keys
+        # Stored once: a page load rebuilds from the cache, which has it once.
+        bob.follow("About", "/about")
+        expect(bob.texts("1_User")).to_have_text(["sent once, answered twice"])
+        check_no_surprises(alice, bob)
+    finally:
+        alice.context.close()
+
+
+def test_a_send_whose_socket_is_cut_before_the_ack_is_retried_with_its_key(
+    chromium: Browser, demo: DemoServer, people: Callable[[str], Person]
+) -> None:
+    bob = people("bob")
+    sends: list[dict[str, Any]] = []
+    state = {"cut": True}
+
+    def websockets(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(message: str | bytes) -> None:
+            if _frame(message).get("type") == "send":
+                sends.append(_frame(message))
+            server.send(message)
+
+        def from_server(message: str | bytes) -> None:
+            if state["cut"] and len(sends) == 1:
+                # The send reached the server; nothing it says comes back: once it has
+                # answered, the connection is cut.
+                if _frame(message).get("type") == "ack":
+                    state["cut"] = False
+                    ws.close()
+                    server.close()
+                return
+            ws.send(message)
+
+        ws.on_message(from_page)
+        server.on_message(from_server)
+
+    alice = routed_person(chromium, demo, "alice", websockets)
+    try:
+        http_keys: list[str | None] = []
+        alice.page.on(
+            "request",
+            lambda r: http_keys.append(r.headers.get("idempotency-key"))
+            if r.url.endswith("/chats/send_message")
+            else None,
+        )
+        alice.open_chat("Chat with bob")
+        alice.say("2_User", "cut before the ack")
+        expect(alice.texts("2_User")).to_have_text(["cut before the ack"])
+        expect(bob.texts("1_User")).to_have_text(["cut before the ack"])
+        # The retry (over HTTP while the socket is down, or the websocket once it is
+        # back) carried the first attempt's key.
+        alice.wait_connected()
+        first = sends[0]["key"]
+        assert re.fullmatch(r"[0-9a-f]{32}", first), sends
+        retries = [s["key"] for s in sends[1:]] + http_keys
+        assert retries and set(retries) == {first}, (sends, http_keys)
+        bob.follow("About", "/about")
+        expect(bob.texts("1_User")).to_have_text(["cut before the ack"])
+        check_no_surprises(alice, bob)
+    finally:
+        alice.context.close()
+
+
+def test_live_frames_out_of_id_order_are_shown_in_id_order(
+    chromium: Browser, demo: DemoServer, people: Callable[[str], Person]
+) -> None:
+    """Across instances a lower id can arrive after a higher one (docs/protocol.md):
+    bob's websocket here holds alice's first message back until her second has come."""
+    alice = people("alice")
+    held: list[str | bytes] = []
+
+    def websockets(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            frame = _frame(message)
+            if frame.get("type") == "message" and frame.get("message_text") == "first":
+                held.append(message)
+                return
+            ws.send(message)
+            if frame.get("type") == "message" and frame.get("message_text") == "second":
+                for late in held:
+                    ws.send(late)
+
+        server.on_message(from_server)
+
+    bob = routed_person(chromium, demo, "bob", websockets)
+    try:
+        alice.open_chat("Chat with bob")
+        alice.say("2_User", "first")
+        expect(alice.texts("2_User")).to_have_text(["first"])
+        alice.say("2_User", "second")
+        expect(bob.texts("1_User")).to_have_text(["first", "second"])
+        ids = bob.window("1_User").locator(".fc-message").evaluate_all(
+            "rows => rows.map(r => r.getAttribute('data-id'))"
+        )
+        assert ids == sorted(ids) and len(held) == 1
+        check_no_surprises(alice, bob)
+    finally:
+        bob.context.close()

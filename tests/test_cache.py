@@ -175,9 +175,11 @@ def test_clear_and_listing(app: Flask, r: redis.Redis) -> None:
         chat.clear_cache(1)
         chat.clear_cache(3)
         assert list(chat.cached_user_ids()) == []
-    # Only catch-up floors and presence entries remain, and they expire.
+    # Only catch-up floors and publish logs and presence entries remain, and they expire.
     left = [k for k in r.scan_iter() if ":{u:" in k]
-    assert left and all(k.endswith((":floor", ":conns")) and r.ttl(k) > 0 for k in left)
+    assert left and all(
+        k.endswith((":floor", ":published", ":conns")) and r.ttl(k) > 0 for k in left
+    )
 
 
 def test_a_message_arriving_during_clear_survives(app: Flask) -> None:
@@ -201,7 +203,7 @@ def test_keys_of_one_user_share_a_cluster_hash_tag(app: Flask, r: redis.Redis) -
         chat.send_message(1, "5_Group", "tagged")
         chat.state.windows.set(1, "5_Group", "open")
     user_keys = [k for k in r.scan_iter() if ":{u:1}:" in k]
-    assert len(user_keys) == 4  # convs, idx, msg, windows
+    assert len(user_keys) == 5  # convs, idx, msg, windows, published
     slots = {r.execute_command("CLUSTER KEYSLOT", k) if False else _slot(k) for k in user_keys}
     assert len(slots) == 1
 

@@ -4,6 +4,12 @@
  * windows in sync across tabs, hides (never removes) closed windows, and renders every
  * text with textContent only. No build step, no dependencies.
  *
+ * Sending is safe to repeat: every outgoing message gets an idempotency key, and a send
+ * that fails for want of an answer (network error, 5xx, the socket cut before the ack,
+ * no ack in time) is retried with the same key, so the server stores it once.
+ * Messages are kept in id order whatever order they arrive in (live frames can come out
+ * of order across instances; see docs/protocol.md).
+ *
  * Public API: window.FlaskChat.open(key), .close(key), .minimise(key), .send(key, text),
  * .on(event, handler) with events "message", "presence", "connection" and "error";
  * .online (a set of user ids), .connected (boolean).
@@ -30,6 +36,9 @@
   var pending = {};        // ref -> {resolve, reject}
   var nextRef = 1;
   var onlinePanel = null;
+  // Waits before each retry of a send in doubt (then give up): about 25 s in all.
+  var RETRY_DELAYS = [300, 1000, 2000, 4000, 8000, 10000];
+  var ACK_TIMEOUT = 10000;  // ms without an ack before a send counts as in doubt
 
   function emit(name, detail) {
     (handlers[name] || []).forEach(function (fn) { fn(detail); });
@@ -60,23 +69,63 @@
     return p ? p.name : "user " + userId;
   }
 
-  function request(method, url, body) {
+  function request(method, url, body, headers) {
     var opts = { method: method, credentials: "same-origin", headers: { "Accept": "application/json" } };
+    Object.keys(headers || {}).forEach(function (name) { opts.headers[name] = headers[name]; });
     if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
       opts.headers["X-CSRF-Token"] = data.csrf_token;
       opts.body = JSON.stringify(body);
     }
     return fetch(url, opts).then(function (resp) {
-      return resp.json().then(function (json) {
-        if (!resp.ok) {
-          var err = new Error(json.message || resp.statusText);
-          err.code = json.error;
+      // A proxy's error page (a 502 from HAProxy) is not JSON: keep the status.
+      return resp.text().then(function (text) {
+        var json = null;
+        try { json = JSON.parse(text); } catch (e) { json = null; }
+        if (!resp.ok || json === null) {
+          var err = new Error((json && json.message) || resp.statusText || "bad answer");
+          err.code = json && json.error;
           err.status = resp.status;
           throw err;
         }
         return json;
       });
+    }, function (cause) {
+      var err = new Error("network error: " + cause.message);
+      err.network = true;
+      throw err;
+    });
+  }
+
+  function newKey() {
+    // 128 random bits as hex: a valid idempotency key (getRandomValues works on http too).
+    var bytes = new Uint8Array(16);
+    window.crypto.getRandomValues(bytes);
+    return Array.prototype.map.call(bytes, function (b) { return (b + 256).toString(16).slice(1); }).join("");
+  }
+
+  function inDoubt(err) {
+    // No answer, or the server failed: the message may or may not be stored. Anything
+    // else (a 4xx, an error frame) is a real answer and retrying cannot change it.
+    return Boolean(err.network) || (err.status !== undefined && err.status >= 500);
+  }
+
+  function sendOnce(key, text, idem) {
+    if (connected) {
+      return wsRequest({ type: "send", to: key, message_text: text, key: idem }, ACK_TIMEOUT)
+        .then(function (ack) { return ack.message; });
+    }
+    return request("POST", data.urls.send_message, { to: key, message_text: text },
+                   { "Idempotency-Key": idem });
+  }
+
+  function sendWithRetry(key, text, idem, attempt) {
+    return sendOnce(key, text, idem).then(null, function (err) {
+      if (!inDoubt(err) || attempt >= RETRY_DELAYS.length) { throw err; }
+      emit("retry", { conversation: key, key: idem, attempt: attempt + 1, error: err });
+      return new Promise(function (resolve) {
+        setTimeout(resolve, RETRY_DELAYS[attempt] * (0.75 + Math.random() / 2));
+      }).then(function () { return sendWithRetry(key, text, idem, attempt + 1); });
     });
   }
 
@@ -245,10 +294,7 @@
     send: function (key, text) {
       var win = windows[key] || api.open(key);
       win.error.textContent = "";
-      var sending = connected
-        ? wsRequest({ type: "send", to: key, message_text: text }).then(function (ack) { return ack.message; })
-        : request("POST", data.urls.send_message, { to: key, message_text: text });
-      return sending.then(
+      return sendWithRetry(key, text, newKey(), 0).then(
         function (message) {
           addMessage(key, message);
           emit("message", { conversation: key, message: message });
@@ -282,7 +328,9 @@
         if (win.state !== "open" || document.hidden) {
           win.unread.textContent = String((parseInt(win.unread.textContent, 10) || 0) + 1);
         } else {
-          markRead(key, message.id);
+          // Read up to the newest message shown: one that arrives late (a lower id,
+          // inserted above others) must not move the read mark back.
+          markRead(key, win.body.lastElementChild.getAttribute("data-id"));
         }
       }
       if (added) { emit("message", { conversation: key, message: message }); }
@@ -308,14 +356,26 @@
     return false;
   }
 
-  function wsRequest(frame) {
+  function wsRequest(frame, timeout) {
     return new Promise(function (resolve, reject) {
       var ref = "r" + (nextRef++);
+      var timer = null;
       frame.ref = ref;
-      pending[ref] = { resolve: resolve, reject: reject };
+      function settle(fn) {
+        return function (value) { clearTimeout(timer); delete pending[ref]; fn(value); };
+      }
+      pending[ref] = { resolve: settle(resolve), reject: settle(reject) };
+      if (timeout) {
+        timer = setTimeout(function () {
+          var err = new Error("no answer in time");
+          err.network = true;
+          pending[ref].reject(err);
+        }, timeout);
+      }
       if (!wsSend(frame)) {
-        delete pending[ref];
-        reject(new Error("not connected"));
+        var err = new Error("not connected");
+        err.network = true;
+        pending[ref].reject(err);
       }
     });
   }
@@ -499,8 +559,9 @@
       var was = connected;
       connected = false;
       Object.keys(pending).forEach(function (ref) {
-        pending[ref].reject(new Error("connection lost"));
-        delete pending[ref];
+        var err = new Error("connection lost");
+        err.network = true;  // a send may have been stored: it is retried with its key
+        pending[ref].reject(err);
       });
       if (was) { emit("connection", { connected: false }); }
       // A token can expire on a long-open page; the session cookie still works.
