@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "CHAT_JUGGERNAUT_MAX_SUBSCRIPTIONS": 100,
     "CHAT_JUGGERNAUT_FRAME_RATE": 10,
     "CHAT_JUGGERNAUT_FRAME_BURST": 150,
+    "CHAT_JUGGERNAUT_MAX_MESSAGE_BYTES": 16 * 1024 * 1024,
 }
 
 Translation = tuple[int, str, str]
@@ -90,6 +91,11 @@ class JuggernautBridge:
             bursts of ``CHAT_JUGGERNAUT_FRAME_BURST`` (150: a reconnecting legacy client
             sends its meta and every subscribe at once); 0: no limit. Over it, a legacy
             client's frame is dropped, a native client's gets a ``rate_limited`` error.
+        ``CHAT_JUGGERNAUT_MAX_MESSAGE_BYTES`` (16 MiB)
+            The largest legacy message delivered (a publish's JSON as a browser gets it,
+            per channel); 0: no cap. A bigger one is dropped and counted
+            (``flask_chat_juggernaut_dropped_total{reason="too large"}``); native clients
+            subscribed to its channel get a ``message_too_large`` error frame.
         """
         if "chat_bridge" in app.extensions:
             raise RuntimeError(
@@ -183,27 +189,35 @@ class JuggernautBridge:
 
     def _start_election(self, hub: Any) -> None:
         if current_app.config["CHAT_JUGGERNAUT_TRANSLATE"] and self.translator is not None:
-            gevent.spawn(self._elect, self.chat.state)
+            state = self.chat.state
+            # The first round now, while the hub starts (with the server): a publish read
+            # as soon as the server accepts requests is translated already.
+            self._hold(state)
+            gevent.spawn(self._elect, state)
 
     def _elect(self, state: Any) -> None:
         """Hold the translator lock while alive: one process translates each publish."""
-        key = f"{state.keys.prefix}:jug:translator"
         while True:
-            try:
-                self.is_translating = hold_lock(state.redis, key, self.instance_id,
-                                                _TRANSLATOR_LOCK_TTL_MS)
-            except Exception:
-                self.is_translating = False
-                log.warning("flask-chat bridge: translator election failed", exc_info=True)
             gevent.sleep(_TRANSLATOR_LOCK_TTL_MS / 3000)
+            self._hold(state)
+
+    def _hold(self, state: Any) -> None:
+        key = f"{state.keys.prefix}:jug:translator"
+        try:
+            self.is_translating = hold_lock(state.redis, key, self.instance_id,
+                                            _TRANSLATOR_LOCK_TTL_MS)
+        except Exception:
+            self.is_translating = False
+            log.warning("flask-chat bridge: translator election failed", exc_info=True)
 
     def translate(self, publish: protocol.Publish) -> None:
-        """Run the translator hook on a publish (once per listed channel)."""
+        """Run the translator hook on a publish (once per listed channel: its name, as
+        Node looked it up, and the message a browser on it receives)."""
         assert self.translator is not None
         g.flask_chat_bridge_translating = True  # so the mirror does not echo it back
-        for channel in dict.fromkeys(publish.channels):
+        for channel, value in publish.first_values().items():
             try:
-                result = self.translator(channel, publish.message_for(channel))
+                result = self.translator(channel, publish.message_for(value))
             except Exception:
                 log.exception("flask-chat bridge: the translator failed on %r", channel)
                 continue
@@ -250,8 +264,12 @@ def _limits(config: Any) -> Limits:
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
         raise ConfigurationError("CHAT_JUGGERNAUT_MAX_SUBSCRIPTIONS must be a whole number "
                                  f"of at least 0, not {cap!r}.")
+    size = config["CHAT_JUGGERNAUT_MAX_MESSAGE_BYTES"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ConfigurationError("CHAT_JUGGERNAUT_MAX_MESSAGE_BYTES must be a whole number "
+                                 f"of at least 0, not {size!r}.")
     limits = Limits(cap, number("CHAT_JUGGERNAUT_FRAME_RATE", 0),
-                    number("CHAT_JUGGERNAUT_FRAME_BURST", 1))
+                    number("CHAT_JUGGERNAUT_FRAME_BURST", 1), size)
     if limits.frame_rate and cap and limits.frame_burst < cap + 1:
         log.warning("flask-chat bridge: CHAT_JUGGERNAUT_FRAME_BURST (%g) is below "
                     "CHAT_JUGGERNAUT_MAX_SUBSCRIPTIONS + 1 (%d): a legacy client that "

@@ -77,6 +77,27 @@ class Roster:
         else:
             pipe.hset(key, _META, json.dumps(meta))
 
+    def restore(self, sessions: list[tuple[str, list[str | None], Any]]) -> None:
+        """Write these live sessions' entries again, (session id, channels in the order
+        subscribed, meta) each, as a subscribe by subscribe would have: after a Redis
+        restart emptied the roster. One transaction, so a reaper never reads half an
+        entry."""
+        if not sessions:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        expires = time.time() + self.ttl
+        for session_id, channels, meta in sessions:
+            key = self._key(session_id)
+            pipe.delete(key)
+            fields: dict[Any, Any] = {  # (redis-py's Mapping type wants no dict[str, str])
+                _field(channel): json.dumps([order, channel])
+                for order, channel in enumerate(protocol.distinct_channels(channels), 1)
+            }
+            pipe.hset(key, mapping=fields)
+            self._meta(pipe, key, meta)
+            pipe.zadd(self.sessions_key, {session_id: expires})
+        pipe.execute()
+
     def renew(self, session_ids: list[str]) -> None:
         if session_ids:
             expires = time.time() + self.ttl

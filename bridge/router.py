@@ -38,12 +38,13 @@ _BUCKET = "juggernaut_bucket"  # Connection.data key: [tokens, when] of its fram
 @dataclass(frozen=True)
 class Limits:
     """Per connection: legacy subscriptions (0: no cap), and the token bucket of its
-    subscribe / meta / event frames (rate 0: no limit). From the CHAT_JUGGERNAUT_*
-    settings (extension.py)."""
+    subscribe / meta / event frames (rate 0: no limit); the largest legacy message
+    delivered, in bytes (0: no cap). From the CHAT_JUGGERNAUT_* settings (extension.py)."""
 
     max_subscriptions: int
     frame_rate: float
     frame_burst: float
+    max_message_bytes: int = 0
 
 
 class LegacyRouter:
@@ -57,6 +58,12 @@ class LegacyRouter:
         # channel -> connections, one entry per subscribe (a client that subscribed
         # twice gets every message twice, as with Juggernaut).
         self.subscribers: dict[str, list[Connection]] = {}
+        # Sessions that ended while the roster could not be trusted (Redis unreachable,
+        # or back but not yet rebuilt: a restart empties it): session id -> (channels,
+        # meta), their unsubscribes published once the roster is rebuilt.
+        self.unfinished: dict[str, tuple[list[str | None], Any]] = {}
+        # The subscriber's reconnect count the roster was last rebuilt for.
+        self._rebuilt_for = 0
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -149,9 +156,61 @@ class LegacyRouter:
         try:
             if self.roster.forget(session_id):
                 self._publish_unsubscribes(session_id, channels, meta)
+                return
         except Exception:
-            # The roster entry expires and the reaper publishes the unsubscribes then.
-            log.warning("flask-chat bridge: could not end session %s", session_id, exc_info=True)
+            # Redis is away: after it is back (and the roster rebuilt), the unsubscribes
+            # go out from here (a restart emptied the roster: no reaper would see them).
+            log.warning("flask-chat bridge: could not end session %s yet", session_id,
+                        exc_info=True)
+            self.unfinished[session_id] = (channels, meta)
+            return
+        if not self._roster_trusted():
+            # Not in the roster: reaped by another instance (this one looked dead), or
+            # lost with a Redis restart the hub has not caught up with yet.
+            self.unfinished[session_id] = (channels, meta)
+
+    def _roster_trusted(self) -> bool:
+        hub = self.state.hub
+        if hub is None:
+            return True
+        subscriber = hub.subscriber
+        return bool(subscriber.connected) and subscriber.reconnects == self._rebuilt_for
+
+    # -- after a Redis restart -------------------------------------------------------
+
+    def reconnected(self) -> None:
+        """A hub reconnect callback: the subscriber is back (Redis restarted, or was out
+        of reach). Redis may have lost the roster: write it again from the live
+        sessions, then publish the unsubscribes of those that ended meanwhile.
+
+        Runs in the subscriber's read loop: the Redis work goes to a greenlet."""
+        hub = self.state.hub
+        if hub is not None:
+            gevent.spawn(self._rebuild, hub.subscriber.reconnects)
+
+    def _rebuild(self, reconnects: int) -> None:
+        hub = self.state.hub
+        assert hub is not None
+        conns = [c for c in hub.connections.values() if c.data.get("juggernaut")]
+        try:
+            for start in range(0, len(conns), hub.SLICE):
+                sessions = []
+                for conn in conns[start : start + hub.SLICE]:
+                    session = conn.data["juggernaut"]
+                    if not conn.closed and session["channels"]:
+                        sessions.append((conn.id, session["channels"], session["meta"]))
+                self.roster.restore(sessions)
+            if hub.subscriber.reconnects == reconnects:
+                self._rebuilt_for = reconnects
+            for session_id, (channels, meta) in list(self.unfinished.items()):
+                # Whatever is left of it goes; its unsubscribes were published by nobody
+                # (at least once: an instance that reaped it meanwhile published them too).
+                self.roster.forget(session_id)
+                self._publish_unsubscribes(session_id, channels, meta)
+                del self.unfinished[session_id]
+        except Exception:
+            # Redis went away again: the next reconnect rebuilds once more.
+            log.warning("flask-chat bridge: rebuilding the legacy roster failed", exc_info=True)
 
     def _publish_unsubscribes(self, session_id: str, channels: Iterable[str | None],
                               meta: Any) -> None:
@@ -203,28 +262,39 @@ class LegacyRouter:
         BRIDGE_METRICS.publishes.inc()
         mirrored = publish.origin is not None
         written = 0
-        for channel in publish.channels:
+        cap = self.limits.max_message_bytes
+        too_large = False
+        for channel, value in publish.targets():
             members = self.subscribers.get(channel)
             if not members:
                 continue
             try:
-                text = protocol.dumps(publish.message_for(channel))
+                body = protocol.dumps(publish.message_for(value)).encode()
             except (ValueError, RecursionError):
                 BRIDGE_METRICS.dropped.labels("not encodable").inc()
                 return
+            if cap and len(body) > cap:
+                if not too_large:
+                    too_large = True
+                    BRIDGE_METRICS.dropped.labels("too large").inc()
+                    log.warning("flask-chat bridge: dropped a legacy message of %d bytes on "
+                                "%.200r (CHAT_JUGGERNAUT_MAX_MESSAGE_BYTES is %d)",
+                                len(body), channel, cap)
+                if not mirrored:
+                    self._tell_too_large(members, publish.exclude, value, len(body))
+                continue
             legacy_frame = new_frame = b""
             for conn in tuple(members):
                 if conn.id in publish.exclude:
                     continue
                 if conn.data.get(LEGACY):
                     if not legacy_frame:
-                        legacy_frame = ws_frame(protocol.message_frame(text).encode())
+                        legacy_frame = ws_frame(b"3:::" + body)
                     conn.write(legacy_frame)
                 elif not mirrored:
                     # flask-chat clients already got what flask-chat mirrored out.
                     if not new_frame:
-                        new_frame = ws_frame(
-                            ('{"type":"juggernaut","message":' + text + "}").encode())
+                        new_frame = ws_frame(b'{"type":"juggernaut","message":' + body + b"}")
                     conn.write(new_frame)
                 else:
                     continue
@@ -233,6 +303,24 @@ class LegacyRouter:
             BRIDGE_METRICS.deliveries.inc(written)
         if not mirrored and self.bridge.translator is not None and self.bridge.is_translating:
             gevent.spawn(self._translate, publish)
+
+    @staticmethod
+    def _tell_too_large(members: list[Connection], exclude: frozenset[str], channel: Any,
+                        size: int) -> None:
+        """Native clients that would have got a message over the cap get an error frame
+        instead (legacy clients get nothing: the protocol has no error frames)."""
+        frame = b""
+        for conn in tuple(members):
+            if conn.id in exclude or conn.data.get(LEGACY):
+                continue
+            if not frame:
+                frame = ws_frame(protocol.dumps({
+                    "type": "error", "error": "message_too_large",
+                    "message": f"A legacy message of {size} bytes was dropped: over the "
+                               "bridge's limit.",
+                    "channel": channel, "bytes": size,
+                }).encode())
+            conn.write(frame)
 
     def _translate(self, publish: protocol.Publish) -> None:
         with self.app.app_context():
@@ -246,5 +334,6 @@ def subscribe_listener(router: LegacyRouter) -> Callable[[Any], None]:
         hub.handle_channel(protocol.PUBLISH_CHANNEL.encode(), router.on_publish)
         hub.close_callbacks.append(router.disconnected)
         hub.heartbeat_callbacks.append(router.heartbeat)
+        hub.reconnect_callbacks.append(router.reconnected)
 
     return attach

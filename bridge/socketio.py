@@ -250,7 +250,7 @@ def handle_message(bridge: JuggernautBridge, conn: Connection, message: dict[str
         channels = protocol.js_channels(message)
         channel = channels[0] if channels else None
         if channel is not None and not isinstance(channel, str):
-            channel = _js_string(channel)
+            channel = protocol.js_string(channel)
         if kind == "unsubscribe":
             router.unsubscribe(conn, channel)
             return
@@ -281,18 +281,3 @@ def _over_limit(conn: Connection, reason: str, why: str, *args: Any) -> None:
         log.warning("flask-chat bridge: connection %s is " + why + "; its frames over it are "
                     "dropped (legacy clients) or refused (native clients)", conn.id, *args)
 
-
-def _js_string(value: Any) -> str:
-    """String(value) for a JSON value that is not a string (a channel sent as a number)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
-        return str(int(value))
-    if isinstance(value, list):
-        return ",".join("" if v is None else v if isinstance(v, str) else _js_string(v)
-                        for v in value)
-    if isinstance(value, dict):
-        return "[object Object]"
-    return str(value)

@@ -2,6 +2,10 @@
 
     gunicorn -k gevent -w 1 -b 127.0.0.1:5000 --chdir examples wsgi:app
 
+With ``-c examples/gunicorn.conf.py`` (instead of ``-k gevent``) each worker starts its
+hub as soon as it has loaded the app: the Juggernaut bridge then consumes ``juggernaut``
+before any browser connects.
+
 Settings come from the environment, as for ``serve.py``. With more than one worker
 (``-w 2``), set SECRET_KEY: without it each worker makes its own random key and cannot
 read the sessions and websocket tokens of the others.

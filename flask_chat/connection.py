@@ -75,6 +75,7 @@ class Connection:
         "_handler",
         "_backlog",
         "_backlog_bytes",
+        "_largest",
         "_held",
         "_held_depth",
         "_reader",
@@ -115,6 +116,7 @@ class Connection:
         self._handler: gevent.Greenlet | None = None
         self._backlog: deque[memoryview] | None = None
         self._backlog_bytes = 0
+        self._largest = 0  # the largest frame queued since the backlog was last empty
         self._held: list[bytes] | None = None
         self._held_depth = 0
         loop = get_hub().loop
@@ -134,7 +136,7 @@ class Connection:
         if self.closed or self._closing:
             return
         if self._backlog:
-            self._queue(memoryview(frame))
+            self._queue(memoryview(frame), len(frame))
             return
         try:
             sent = self.sock.send(frame)
@@ -144,7 +146,7 @@ class Connection:
             self.abort()
             return
         if sent < len(frame):
-            self._queue(memoryview(frame)[sent:])
+            self._queue(memoryview(frame)[sent:], len(frame))
 
     def send_text(self, payload: bytes) -> None:
         self.write(protocol.ws_frame(payload))
@@ -176,12 +178,20 @@ class Connection:
                 continue
             self.write(frame)
 
-    def _queue(self, chunk: memoryview) -> None:
+    def _queue(self, chunk: memoryview, frame_size: int) -> None:
         if self._backlog is None:
             self._backlog = deque()
         self._backlog.append(chunk)
         self._backlog_bytes += len(chunk)
-        if self._backlog_bytes > self.max_backlog:
+        # The budget is per message too: one frame bigger than max_backlog (a legacy
+        # publish of several MB) would otherwise cut every healthy client it is written
+        # to. Until the backlog is empty again it may hold twice the largest frame queued
+        # since: that frame, and as much again behind it. A client that does not keep up
+        # still goes past that and is cut; the bytes it holds stay bounded (and a frame
+        # is one buffer shared by every connection it is written to).
+        if frame_size > self._largest:
+            self._largest = frame_size
+        if self._backlog_bytes > max(self.max_backlog, 2 * self._largest):
             from .metrics import METRICS
 
             METRICS.slow_disconnects.inc()
@@ -213,6 +223,7 @@ class Connection:
                     backlog[0] = chunk[sent:]
                     return
                 backlog.popleft()
+            self._largest = 0
             self._writer.stop()
             if self._closing:
                 self._finish_close()

@@ -61,6 +61,10 @@ class Hub:
         self.channel_handlers: dict[bytes, Callable[[bytes], None]] = {}
         self.close_callbacks: list[Callable[[Connection], None]] = []
         self.heartbeat_callbacks: list[Callable[[], None]] = []
+        #: Callbacks run when the subscriber is back and subscribed again (Redis may have
+        #: restarted and lost every key: the bridge writes its roster again). They run in
+        #: the subscriber's read loop: they must not block (spawn a greenlet).
+        self.reconnect_callbacks: list[Callable[[], None]] = []
 
     def start(self) -> None:
         # Presence runs at the reaper's pace; renewals are due every few passes.
@@ -208,6 +212,11 @@ class Hub:
             lost = self.subscriber.disconnected_at or time.time()
             position = format_id(int((lost - RESYNC_MARGIN) * 1000), 0)
         self._greenlets.append(gevent.spawn(self._resync, position))
+        for callback in self.reconnect_callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("flask-chat: a reconnect callback failed")
 
     def _resync(self, position: str) -> None:
         conns = [c for c in self.connections.values() if c.user_id and not c.closed]

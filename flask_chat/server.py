@@ -90,9 +90,30 @@ class ChatWSGIServer(WSGIServer):  # type: ignore[misc]
 def make_server(
     app: Any, host: str = "127.0.0.1", port: int = 5000, **kwargs: Any
 ) -> ChatWSGIServer:
-    """A ready-to-run gevent server for ``app``; checks that gevent patched the socket."""
+    """A ready-to-run gevent server for ``app``; checks that gevent patched the socket,
+    and starts the hub now if an add-on needs it from the start (:func:`start_hub`)."""
     check_gevent_patched()
+    start_hub(app)
     return ChatWSGIServer((host, port), app, **kwargs)
+
+
+def start_hub(app: Any) -> bool:
+    """Start ``app``'s hub now, not with the first websocket, when an add-on listens
+    for it (``hub_listeners``: the Juggernaut bridge, which must consume ``juggernaut``
+    and translate legacy publishes while no client is connected). :func:`make_server`
+    (and so :func:`serve`) calls it; under gunicorn, call it from the
+    ``post_worker_init`` hook (``examples/gunicorn.conf.py``). Idempotent; whether the
+    hub runs."""
+    chat = getattr(app, "extensions", {}).get("chat")
+    if chat is None:
+        return False  # not a Flask app with flask-chat (a WSGI middleware?): nothing to do
+    from .websocket import get_hub
+
+    with app.app_context():
+        state = chat.state
+        if state.hub is None and state.hub_listeners:
+            get_hub(chat, state)
+        return state.hub is not None
 
 
 log = logging.getLogger("flask_chat.server")

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 import websocket
-from helpers import ROOT, DemoServer, port_open, wait_for
+from helpers import ROOT, DemoServer, free_port, port_open, wait_for
 
 # -- the stack ---------------------------------------------------------------------------
 
@@ -445,6 +445,65 @@ class Instance(DemoServer):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class Gunicorn:
+    """The demo under gunicorn's gevent worker (``examples/gunicorn.conf.py``, which
+    starts each worker's hub as soon as it has loaded the app), output to a file."""
+
+    def __init__(self, redis_url: str, **settings: Any) -> None:
+        self.port = free_port()
+        self.tmp = tempfile.mkdtemp(prefix="flask-chat-gunicorn-")
+        self.env = dict(
+            os.environ,
+            CHAT_REDIS_URL=redis_url,
+            CHAT_SEND_RATE="0",
+            CHAT_DATABASE_URL=f"sqlite:///{self.tmp}/chat.db",
+            SECRET_KEY=uuid.uuid4().hex,
+        )
+        for name, value in settings.items():
+            self.env[name] = value if isinstance(value, str) else json.dumps(value)
+        self.log_path = os.path.join(self.tmp, "gunicorn.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Gunicorn:
+        examples = os.path.join(ROOT, "examples")
+        gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [gunicorn, "-c", os.path.join(examples, "gunicorn.conf.py"), "-w", "1",
+                 "-b", f"127.0.0.1:{self.port}", "--chdir", examples, "wsgi:app"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its group: the master and its worker
+            )
+        proc = self.proc
+        wait_for(
+            lambda: port_open(self.port) or proc.poll() is not None,
+            timeout=30,
+            what=f"gunicorn on port {self.port}",
+        )
+        if proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited: {self.read_log()}")
+        return self
+
+    def read_log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 # -- a raw socket.io 0.8 client ----------------------------------------------------------
 
 
@@ -557,12 +616,23 @@ class EventWatch:
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe("juggernaut:subscribe", "juggernaut:unsubscribe", "juggernaut:custom")
         self.events: list[tuple[str, dict[str, Any]]] = []
+        #: The exact payload of each event, beside its parsed form in ``events``.
+        self.payloads: list[str] = []
 
     def poll(self, timeout: float) -> None:
         message = self.pubsub.get_message(timeout=timeout)
         while message is not None:
             self.events.append((message["channel"].split(":", 1)[1], json.loads(message["data"])))
+            self.payloads.append(message["data"])
             message = self.pubsub.get_message(timeout=0)
+
+    def payload_of(self, kind: str, **fields: Any) -> str:
+        """The exact payload of the first such event (waiting for it)."""
+        self.wait(kind, **fields)
+        for (event_kind, data), payload in zip(self.events, self.payloads, strict=True):
+            if event_kind == kind and all(data.get(k) == v for k, v in fields.items()):
+                return payload
+        raise AssertionError("unreachable")
 
     def count(self, kind: str, **fields: Any) -> int:
         """How many such events came so far (reads what is waiting, without blocking)."""
@@ -587,6 +657,38 @@ class EventWatch:
     def close(self) -> None:
         self.pubsub.close()
         self.client.close()
+
+
+# -- the exact bytes ---------------------------------------------------------------------
+
+NATIVE_PREFIX = '{"type":"juggernaut","message":'
+
+
+def raw_messages(client: Any) -> list[str]:
+    """The exact text of every legacy message a client got so far: what follows
+    ``3:::`` in the frames of a ``JugClient`` (``raw=True``) or a ``RawSio``, the
+    ``message`` inside a native client's ``juggernaut`` frames."""
+    if isinstance(client, JugClient):
+        frames = [
+            m["frame"] for m in client.snapshot() if m.get("event") == "frame" and m["dir"] == "in"
+        ]
+    elif isinstance(client, RawSio):
+        frames = client.frames
+    else:
+        return [t[len(NATIVE_PREFIX) : -1] for t in client.raw if t.startswith(NATIVE_PREFIX)]
+    return [f[4:] for f in frames if f.startswith("3:::")]
+
+
+def with_roles(texts: Iterable[str], names: dict[str, str]) -> list[str]:
+    """``texts`` with each name (a session id, a channel) replaced by its role, the
+    longest names first (so that no name is replaced inside a longer one)."""
+    order = sorted(names, key=len, reverse=True)
+    out = []
+    for text in texts:
+        for name in order:
+            text = text.replace(name, names[name])
+        out.append(text)
+    return out
 
 
 # -- what a JavaScript page sees -------------------------------------------------------
@@ -623,6 +725,15 @@ def js_view(value: Any, names: dict[Any, str] | None = None) -> Any:
         keys += [k for k in value if not _array_index(k)]
         return ("object", tuple((k, js_view(value[k], names)) for k in keys))
     raise AssertionError(f"not JSON: {value!r}")
+
+
+def js_integer(number: int) -> str:
+    """How JavaScript writes an integer below 1e21 once read as a double: the shortest
+    digits that read back as that double, then zeros (12345678901234567890 is
+    12345678901234567000)."""
+    from decimal import Decimal
+
+    return str(int(Decimal(repr(float(number)))))
 
 
 def role_names(sessions: dict[str, str], others: dict[str, str] | None = None) -> dict[Any, str]:

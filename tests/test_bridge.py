@@ -38,6 +38,7 @@ from flask_chat_bridge import protocol
 from helpers import (
     ROOT,
     Client,
+    TcpProxy,
     free_port,
     http_json,
     login_cookie,
@@ -47,16 +48,20 @@ from helpers import (
 from legacy import (
     EventWatch,
     GemListener,
+    Gunicorn,
     Instance,
     JugClient,
     LegacyStack,
     RawSio,
     close_all,
+    js_integer,
     js_view,
     legacy_dir,
+    raw_messages,
     role_names,
     sio_get_handshake,
     sio_handshake,
+    with_roles,
 )
 
 from flask_chat.embedded import RedisServer
@@ -212,6 +217,16 @@ def is_end(channel: str) -> Callable[[dict[str, Any]], bool]:
     return lambda m: m.get("data") == "end" and m.get("channel") == channel
 
 
+def wait_subscribed(watch: EventWatch, client: Any, count: int) -> None:
+    """Wait for ``count`` subscribe events of ``client``'s session, whatever channel they
+    name: Node names a channel after the value that first used it in its process (once
+    a publish listed the number 7, a subscribe to "7" is announced as 7)."""
+    wait_for(
+        lambda: watch.count("subscribe", session_id=client.session_id) == count,
+        what=f"{count} subscribes of {client.session_id}",
+    )
+
+
 def numsub(r: redis.Redis, channel: str) -> int:
     return int(r.pubsub_numsub(channel)[0][1])
 
@@ -304,8 +319,8 @@ def test_every_publish_shape_reaches_flask_chat_clients_as_node_delivers_it(
     # publishes addressed to them, so that ``except`` can name that place's own sessions.
     channels = {p: (f"channel_{p}_1", f"channel_{p}_2") for p in PLACES}
     clients: dict[str, list[Any]] = {
-        "node": [world.legacy(stack.jug_port, *channels["node"]) for _ in "AB"],
-        "flask": [world.legacy(server.port, *channels["flask"]) for _ in "AB"],
+        "node": [world.legacy(stack.jug_port, *channels["node"], raw=True) for _ in "AB"],
+        "flask": [world.legacy(server.port, *channels["flask"], raw=True) for _ in "AB"],
         "native": [world.native(server, n, *channels["native"]) for n in ("alice", "bob")],
     }
     # B subscribes to its second channel twice: it gets what is published there twice.
@@ -366,6 +381,17 @@ def test_every_publish_shape_reaches_flask_chat_clients_as_node_delivers_it(
     reference = view("node")
     assert view("flask") == reference
     assert view("native") == reference
+
+    # And byte for byte: Node's JSON.stringify (key order, numbers) is flask-chat's too.
+    def exact(place: str) -> list[list[str]]:
+        a, b = sids[place]
+        names = {a: "A", b: "B", channels[place][0]: "C1", channels[place][1]: "C2"}
+        for sid, role in ((a, "#A"), (b, "#B")):  # a numeric except, as a double
+            names[js_integer(int(sid) if sid.isdigit() else int(sid, 16))] = role
+        return [with_roles(raw_messages(c), names) for c in clients[place]]
+
+    assert exact("flask") == exact("node")
+    assert exact("native") == exact("node")
 
 
 # -- 2. a mixed fleet --------------------------------------------------------------------
@@ -615,7 +641,15 @@ def test_delivery_resumes_by_itself_after_a_redis_restart(stack: LegacyStack, wo
 
 # -- 6. hostile input ------------------------------------------------------------------
 
-SAFE_KEYS = "|0|1|10|01|-1|4294967295|é|a b|type|id|k_ü|channel|data|except".split("|")
+SAFE_KEYS = (
+    "|0|1|2|9|10|01|-1|1.5|1e3|4294967294|4294967295|é|a b|type|id|k_ü|channel|data|except"
+).split("|")
+# Numbers whose JSON differs between Python's repr and JavaScript's Number-to-String.
+ODD_NUMBERS: list[Any] = [
+    1.0, -2.0, 123.0, 1e16, 1e20, 2.0**60, 1e21, 1.5e21, 1e-5, 1e-6, 1e-7, -1.5e-7, 2e-6,
+    1e300, 5e-324, -0.0, 0.1, 1.7976931348623157e308, 2**53, 2**53 + 1, 2**64,
+    12345678901234567890, 123456789012345678, -(10**20), 10**21, 10**25,
+]
 TEXT = "ab /<>&\"\\'é✓😀\u2028\u0000\u001f\ud800\udfff,"
 
 
@@ -630,9 +664,11 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
         if kind == 2:
             return rng.randint(-1000, 1000)
         if kind == 3:
-            return rng.choice([2**53 + 1, -(10**20), 10**25, 12345678901234567890, 0])
+            return rng.choice(ODD_NUMBERS)
         if kind == 4:
-            return rng.choice([rng.uniform(-1e6, 1e6), 1e300, 5e-324, -0.0, 0.1, 1e21, 1.5e-7])
+            exponent = rng.choice([-320, -30, -8, -7, -6, -5, 0, 15, 16, 20, 21, 22, 300])
+            return rng.choice([rng.uniform(-1e6, 1e6), rng.random() * 10.0**exponent,
+                               float(rng.randint(-(2**60), 2**60))])
         return "".join(rng.choice(TEXT) for _ in range(rng.randrange(12)))
     if roll < 0.78:
         return [random_value(rng, depth + 1) for _ in range(rng.randrange(5))]
@@ -654,7 +690,7 @@ def random_document(rng: random.Random, channel: str, a_ids: list[str], b_ids: l
     channel_choices: list[Any] = [
         [channel], channel, [channel, channel], [], {}, 0, 1, True, False, None, "",
         ["channel_other"], [channel, "channel_other", 3, None, {"k": 1}], {"k": channel},
-        "channel_other",
+        "channel_other", [7], [7.0, channel], [channel, 7, "7"], 7,
     ]
     # Only lists naming the A (or the B) of every place: the same for all of them.
     except_choices: list[Any] = [
@@ -689,17 +725,18 @@ def random_document(rng: random.Random, channel: str, a_ids: list[str], b_ids: l
 def test_hostile_publishes_never_hurt_an_instance_or_its_clients(
     stack: LegacyStack, world: World, r: redis.Redis
 ) -> None:
-    server = world.server()
+    # "7": publishes list it as the number 7 too (Node delivers those to "7").
+    server = world.server(CHAT_LEGACY_PUBLIC_CHANNELS=["channel*", "7"])
     watch = world.watch()
     channel = "channel_hostile"
     clients: dict[str, list[Any]] = {
-        "node": [world.legacy(stack.jug_port, channel) for _ in "AB"],
-        "flask": [world.legacy(server.port, channel) for _ in "AB"],
-        "native": [world.native(server, n, channel) for n in ("alice", "bob")],
+        "node": [world.legacy(stack.jug_port, channel, "7", raw=True) for _ in "AB"],
+        "flask": [world.legacy(server.port, channel, "7", raw=True) for _ in "AB"],
+        "native": [world.native(server, n, channel, "7") for n in ("alice", "bob")],
     }
     for group in clients.values():
         for client in group:
-            watch.wait("subscribe", session_id=client.session_id, channel=channel)
+            wait_subscribed(watch, client, 2)
     a_ids = [clients[p][0].session_id for p in PLACES]
     b_ids = [clients[p][1].session_id for p in PLACES]
 
@@ -758,6 +795,15 @@ def test_hostile_publishes_never_hurt_an_instance_or_its_clients(
     assert len(view["node"][1]) > 1000, f"seed {seed}"
     assert view["flask"] == view["node"], f"seed {seed}"
     assert view["native"] == view["node"], f"seed {seed}"
+    # Byte for byte too (Node's numbers and key order), every message.
+    roles = {**{sid: "A" for sid in a_ids}, **{sid: "B" for sid in b_ids}}
+    exact = {p: [with_roles(raw_messages(c), roles) for c in clients[p]] for p in PLACES}
+    for place in ("flask", "native"):
+        for got, reference in zip(exact[place], exact["node"], strict=True):
+            assert len(got) == len(reference), f"seed {seed}"
+            wrong = [(g, n) for g, n in zip(got, reference, strict=True) if g != n]
+            assert not wrong, f"seed {seed}, {place}: {len(wrong)} differ, first {wrong[0]}"
+    assert any('"channel":7' in m for m in exact["node"][0]), f"seed {seed}"
 
     # The instance is fine: alive, healthy, nothing blew up, and it still delivers.
     assert server.proc is not None and server.proc.poll() is None
@@ -1323,3 +1369,333 @@ def test_malformed_legacy_upgrades_are_4xx(stack: LegacyStack, world: World) -> 
             assert conn.getresponse().status == status
         finally:
             conn.close()
+
+
+# -- 10. a legacy fleet, exactly ---------------------------------------------------------
+
+
+def test_an_idle_instance_translates_a_rails_publish_made_before_any_browser_connected(
+    stack: LegacyStack, world: World, r: redis.Redis
+) -> None:
+    """The hub (and with it ``juggernaut`` and the translator) starts with the server,
+    not with its first websocket: nobody has connected to this instance yet."""
+    server = world.server()
+    wait_for(lambda: numsub(r, "juggernaut") == 2, what="Node and the instance on juggernaut")
+    report = stack.publish(
+        "/chats/user_2", {"sender_id": 1, "message_text": "before any browser", "image": None}
+    )
+    assert report["receivers"] == 2
+    wait_for(
+        lambda: history_texts(server.port, "bob") == ["before any browser"],
+        timeout=15,
+        what="the translated message in bob's history",
+    )
+    assert history_texts(server.port, "alice") == ["before any browser"]
+    assert metric(server.port, "flask_chat_juggernaut_translated_total") == 1
+    assert metric(server.port, "flask_chat_connects_total") == 0  # still nobody connected
+
+
+def test_a_gunicorn_worker_translates_a_rails_publish_made_before_any_browser_connected(
+    stack: LegacyStack, world: World, r: redis.Redis
+) -> None:
+    """The same under gunicorn: ``examples/gunicorn.conf.py`` starts each worker's hub
+    when the worker has loaded the app."""
+    server = world.keep(Gunicorn(stack.redis_url)).start()
+    wait_for(lambda: numsub(r, "juggernaut") == 2, what="Node and the worker on juggernaut")
+    stack.publish(
+        "/chats/user_2", {"sender_id": 3, "message_text": "before any browser", "image": None}
+    )
+    wait_for(
+        lambda: history_texts(server.port, "bob") == ["before any browser"],
+        timeout=15,
+        what="the translated message in bob's history",
+    )
+
+
+def test_an_integer_channel_is_delivered_as_node_delivers_it(
+    stack: LegacyStack, world: World, r: redis.Redis
+) -> None:
+    """``Juggernaut.publish(42, ...)`` goes to the channel "42", and its browsers get
+    ``"channel":42``, a number; Node looks every listed channel up by String(value)."""
+    server = world.server(CHAT_LEGACY_PUBLIC_CHANNELS=["*"])
+    watch = world.watch()
+    names = ["42", "null", "1.5", "true", "a,b", "[object Object]", "12345678901234567000"]
+    clients = [
+        world.legacy(stack.jug_port, *names, raw=True),
+        world.legacy(server.port, *names, raw=True),
+        world.native(server, "bob", *names),
+    ]
+    for client in clients:
+        wait_subscribed(watch, client, len(names))
+
+    report = stack.publish([42], "Juggernaut.publish(42, ...)")  # the gem: Array(42)
+    assert report["payload"] == '{"channels":[42],"data":"Juggernaut.publish(42, ...)"}'
+    stack.publish([42, "42"], {"n": 1}, options={"type": "notice"})
+    r.publish(
+        "juggernaut",
+        '{"channels":[4.2e1,null,1.5,true,["a","b"],{"k":1},12345678901234567890,[]],'
+        '"data":"odd channels"}',
+    )
+    stack.publish("42", "end")
+    for client in clients:
+        until(client, lambda got: any(m.get("data") == "end" for m in got))
+    reference = raw_messages(clients[0])
+    assert reference == [
+        '{"data":"Juggernaut.publish(42, ...)","channel":42}',
+        '{"data":{"n":1},"type":"notice","channel":42}',
+        '{"data":{"n":1},"type":"notice","channel":"42"}',
+        '{"data":"odd channels","channel":42}',
+        '{"data":"odd channels","channel":null}',
+        '{"data":"odd channels","channel":1.5}',
+        '{"data":"odd channels","channel":true}',
+        '{"data":"odd channels","channel":["a","b"]}',
+        '{"data":"odd channels","channel":{"k":1}}',
+        '{"data":"odd channels","channel":12345678901234567000}',
+        '{"data":"end","channel":"42"}',
+    ]
+    assert raw_messages(clients[1]) == reference
+    assert raw_messages(clients[2]) == reference
+
+
+# Documents whose JSON Node rewrites: numbers (JavaScript's Number-to-String, doubles
+# only) and integer-like keys (V8 puts array indices first, ascending).
+NUMBER_CORPUS: list[str] = [
+    '{"x":1.0,"y":-2.0,"z":123.0,"w":0.5}',
+    '{"small":[1e-7,1.5e-7,-1e-7,2e-6,1e-6,0.000001,1e-5,0.0001,5e-324,2.2250738585072014e-308]}',
+    '{"big":[1e16,1e20,1e21,1.5e21,1e22,1.7976931348623157e308,123456789012345.0,2e15]}',
+    '{"ints":[9007199254740991,9007199254740992,9007199254740993,12345678901234567890,'
+    '18446744073709551616,-123456789012345678,100000000000000000000,1000000000000000000000]}',
+    '{"zeros":[0,-0,0.0,-0.0,0e10,-0e-10],"exp":[1E3,1e+3,2.5E-3,1e0]}',
+    '{"2":"b","1":"a","0":"z","b":1,"10":"ten","9":"nine","a":2}',
+    '{"4294967295":1,"4294967294":2,"01":3,"-1":4,"1.5":5,"1e3":6," 1":7,"":8,"00":9}',
+    '{"nested":{"3":{"2":[{"1":1.0,"0":1e-7}]},"k":"v","1":true}}',
+    '{"1":1,"1":2,"0":0}',
+    '[{"1":1.10,"0":100.0}]',
+]
+
+
+def test_frames_and_events_are_nodes_bytes_for_numbers_and_integer_like_keys(
+    stack: LegacyStack, world: World, r: redis.Redis
+) -> None:
+    server = world.server()
+    watch = world.watch()
+    channel = "channel_numbers"
+    clients = [
+        world.legacy(stack.jug_port, channel, raw=True),
+        world.legacy(server.port, channel, raw=True),
+        world.native(server, "bob", channel),
+    ]
+    for client in clients:
+        watch.wait("subscribe", session_id=client.session_id, channel=channel)
+    for doc in NUMBER_CORPUS:
+        r.publish("juggernaut", f'{{"channels":["{channel}"],"data":{doc},"2":1.0,"1":1e-7}}')
+    # The real gem too: Ruby writes 1.0 and 1.0e-07, Node rewrites them.
+    stack.publish(channel, {"f": 1.0, "e": 1e-7, "big": 2**64, "3": "c", "1": "a"})
+    stack.publish(channel, "end")
+    for client in clients:
+        until(client, lambda got: any(m.get("data") == "end" for m in got))
+    reference = raw_messages(clients[0])
+    assert len(reference) == len(NUMBER_CORPUS) + 2
+    assert reference[0] == (
+        '{"1":1e-7,"2":1,"data":{"x":1,"y":-2,"z":123,"w":0.5},"channel":"channel_numbers"}'
+    )
+    assert raw_messages(clients[1]) == reference
+    assert raw_messages(clients[2]) == reference
+
+    # The events Node publishes back, byte for byte: meta and custom data are read from
+    # the client's frame and written again by JSON.stringify.
+    def events(port: int) -> list[str]:
+        client = world.raw(port)
+        client.send('{"type":"meta","data":{"2":2.0,"1":1e-7,"id":12345678901234567890}}')
+        client.send({"type": "subscribe", "channel": "channel_numbers_ev"})
+        for doc in NUMBER_CORPUS:
+            client.send(f'{{"type":"event","data":{doc}}}')
+        client.send({"type": "event", "data": "done"})
+        watch.wait("custom", session_id=client.session_id, data="done")
+        sid = client.session_id
+        return [
+            payload.replace(sid, "S")
+            for (kind, data), payload in zip(watch.events, watch.payloads, strict=True)
+            if data.get("session_id") == sid
+        ]
+
+    from_node = events(stack.jug_port)
+    assert from_node[0] == (
+        '{"channel":"channel_numbers_ev","meta":{"1":1e-7,"2":2,"id":12345678901234567000},'
+        '"session_id":"S"}'
+    )
+    assert len(from_node) == len(NUMBER_CORPUS) + 2
+    assert events(server.port) == from_node
+
+
+class _ProxiedRedis:
+    """A Redis that can be restarted (losing every key) behind a TCP proxy that can be
+    taken down: the instance sees an outage, the test's own clients do not."""
+
+    def __init__(self) -> None:
+        self.redis = Restartable(free_port())
+        self.url = self.redis.start()
+        self.proxy = TcpProxy("127.0.0.1", self.redis.port)
+        self.proxy.up()
+        self.proxied_url = f"redis://127.0.0.1:{self.proxy.port}/0"
+
+    def close(self) -> None:
+        self.proxy.down()
+        self.redis.stop()
+
+
+def test_sessions_from_before_a_redis_restart_are_unsubscribed(
+    stack: LegacyStack, world: World
+) -> None:
+    """A restarted Redis has lost the legacy roster: the instance writes it again from
+    its live sessions when its hub resubscribes, so every session that ends later still
+    gets its unsubscribes, and one that ended during the outage gets them then."""
+    backend = world.keep(_ProxiedRedis())
+    server = world.server(backend.proxied_url, CHAT_PRESENCE_TTL=2)
+    watch = EventWatch(backend.url)
+    stays, leaves = world.raw(server.port), world.raw(server.port)
+    try:
+        stays.send({"type": "meta", "data": {"user_id": 7}})
+        for channel in ("channel_rr_1", "channel_rr_2"):
+            stays.send({"type": "subscribe", "channel": channel})
+            watch.wait("subscribe", session_id=stays.session_id, channel=channel)
+        leaves.send({"type": "subscribe", "channel": "channel_rr_3"})
+        watch.wait("subscribe", session_id=leaves.session_id, channel="channel_rr_3")
+    finally:
+        watch.close()
+
+    backend.proxy.down()  # the instance loses Redis...
+    backend.redis.restart()  # ...which comes back empty
+    leaves.abort()  # a session ends while the instance cannot reach Redis
+    wait_for(
+        lambda: metric(server.port, "flask_chat_connections") == 1,
+        what="the instance to see the session end",
+    )
+    watch = world.watch(backend.url)
+    backend.proxy.up()
+    r = world.keep(redis.Redis.from_url(backend.url, decode_responses=True))
+    deadline = time.monotonic() + 30
+    n = 0
+    while True:  # publish until delivery is back: the hub has resubscribed
+        n += 1
+        r.publish("juggernaut", json.dumps({"channels": ["channel_rr_1"], "data": n}))
+        try:
+            stays.wait_message(lambda m: isinstance(m.get("data"), int), timeout=0.5)
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline, "delivery did not come back after Redis"
+    assert watch.wait("unsubscribe", session_id=leaves.session_id) == {
+        "channel": "channel_rr_3",
+        "session_id": leaves.session_id,
+    }
+    wait_for(
+        lambda: r.zscore("chat:jug:sessions", stays.session_id) is not None,
+        what="the roster written again",
+    )
+    stays.abort()  # a session from before the restart ends
+    for channel in ("channel_rr_1", "channel_rr_2"):
+        assert watch.payload_of("unsubscribe", session_id=stays.session_id, channel=channel) == (
+            f'{{"channel":"{channel}","meta":{{"user_id":7}},"session_id":"{stays.session_id}"}}'
+        )
+    wait_for(lambda: not r.exists(f"chat:jug:session:{stays.session_id}"), what="no entry left")
+    assert watch.count("unsubscribe") == 3
+
+
+def test_a_publish_of_several_megabytes_reaches_healthy_clients(
+    stack: LegacyStack, world: World, r: redis.Redis
+) -> None:
+    """One frame over CHAT_WS_MAX_QUEUE_BYTES (1 MiB) does not make a client slow."""
+    server = world.server()
+    watch = world.watch()
+    channel = "channel_large"
+    clients = [
+        world.legacy(stack.jug_port, channel),
+        world.legacy(server.port, channel),
+        world.native(server, "bob", channel),
+    ]
+    for client in clients:
+        watch.wait("subscribe", session_id=client.session_id, channel=channel)
+    big = "é✓ large " * 400_000  # 4.8 MB of UTF-8
+    for n in range(2):  # twice in a row: the second queues behind the first
+        r.publish("juggernaut", json.dumps({"channels": [channel], "data": {"n": n, "text": big}},
+                                           ensure_ascii=False))
+    r.publish("juggernaut", json.dumps({"channels": [channel], "data": "end"}))
+    for client in clients:
+        until(client, lambda got: any(m.get("data") == "end" for m in got), timeout=60)
+        assert legacy_messages(client) == [
+            {"data": {"n": 0, "text": big}, "channel": channel},
+            {"data": {"n": 1, "text": big}, "channel": channel},
+            {"data": "end", "channel": channel},
+        ]
+    for jug in clients[:2]:
+        assert [m["event"] for m in jug.snapshot() if "connect" in m.get("event", "")] == [
+            "connect"
+        ]
+    native = clients[2]
+    native.send({"type": "ping"})
+    native.wait_type("pong")
+    assert metric(server.port, "flask_chat_slow_client_disconnects_total") == 0
+
+
+def test_a_legacy_message_over_the_cap_is_dropped_and_native_clients_are_told(
+    stack: LegacyStack, world: World, r: redis.Redis
+) -> None:
+    server = world.server(CHAT_JUGGERNAUT_MAX_MESSAGE_BYTES=100_000)
+    watch = world.watch()
+    legacy = world.legacy(server.port, "channel_cap")
+    native = world.native(server, "bob", "channel_cap")
+    excluded = world.native(server, "alice", "channel_cap")
+    for client in (legacy, native, excluded):
+        watch.wait("subscribe", session_id=client.session_id, channel="channel_cap")
+    r.publish(
+        "juggernaut",
+        json.dumps({"channels": ["channel_cap"], "data": "x" * 100_000,
+                    "except": excluded.session_id}),
+    )
+    r.publish("juggernaut", json.dumps({"channels": ["channel_cap"], "data": "x" * 99_900}))
+    r.publish("juggernaut", json.dumps({"channels": ["channel_cap"], "data": "end"}))
+    for client in (legacy, native, excluded):
+        until(client, lambda got: any(m.get("data") == "end" for m in got))
+        assert data_of(legacy_messages(client)) == ["x" * 99_900, "end"]
+    error = native.wait_type("error", error="message_too_large")
+    assert error["channel"] == "channel_cap" and error["bytes"] > 100_000
+    assert not excluded.of_type("error")  # it was not to get that one anyway
+    dropped = 'flask_chat_juggernaut_dropped_total{reason="too large"}'
+    assert metric(server.port, dropped) == 1
+    assert "dropped a legacy message of" in server.read_log()
+
+
+def test_a_client_that_does_not_read_is_still_cut_however_large_the_frames(
+    stack: LegacyStack, world: World
+) -> None:
+    """The budget follows the frames, not the client: one that stops reading is cut
+    while the others get everything (on a Redis of its own: Node is spared 40 MB)."""
+    import socket as socketlib
+
+    redis_server = world.keep(Restartable(free_port()))
+    url = redis_server.start()
+    server = world.server(url)
+    watch = world.watch(url)
+    healthy = world.native(server, "alice", "channel_flood")
+    slow = world.keep(
+        Client(
+            server.port,
+            login_cookie(server.port, "bob"),
+            sockopt=((socketlib.SOL_SOCKET, socketlib.SO_RCVBUF, 4096),),
+        )
+    )
+    slow.wait_type("hello")
+    slow.send({"type": "subscribe", "channel": "channel_flood"})
+    for client in (healthy, slow):
+        client_id = client.wait_type("hello")["connection_id"]
+        watch.wait("subscribe", session_id=client_id, channel="channel_flood")
+    r = world.keep(redis.Redis.from_url(url))
+    chunk = "z" * 2_000_000
+    for n in range(20):  # 40 MB, each one once the healthy client has the one before
+        r.publish("juggernaut", json.dumps({"channels": ["channel_flood"], "data": [n, chunk]}))
+        until(healthy, lambda got, n=n: len(got) == n + 1, timeout=60)
+    assert [m["data"][0] for m in jug_frames(healthy)] == list(range(20))
+    wait_for(
+        lambda: metric(server.port, "flask_chat_slow_client_disconnects_total") == 1,
+        what="the slow client cut",
+    )
