@@ -21,7 +21,7 @@ from rq import Queue, Retry, Worker, get_current_job
 
 from . import deadletters
 from .persistence import Rejected, collect, decode_queue_records
-from .scripts import CLAIM, RECLAIM
+from .scripts import CLAIM_BATCH, RECLAIM_BATCH
 
 if TYPE_CHECKING:
     from .extension import Chat, ChatState
@@ -160,7 +160,7 @@ def drain_write_behind(max_batches: int = 1000) -> dict[str, int]:
     job = get_current_job()
     token = job.id if job is not None else uuid.uuid4().hex
     processing = keys.persist_processing(token)
-    claim = state.redis.register_script(CLAIM)
+    claim = state.redis.register_script(CLAIM_BATCH)
     summary = {"batches": 0, "records": 0, "written": 0, "already": 0, "rejected": 0,
                "reclaimed": reclaim_abandoned(state, mine=token)}
     for _ in range(max_batches):
@@ -188,7 +188,7 @@ def reclaim_abandoned(state: ChatState, mine: str | None = None) -> int:
     how many records went back. ``mine``: the calling drain's own token (its batch is
     resumed, not given back)."""
     keys = state.keys
-    reclaim = state.redis.register_script(RECLAIM)
+    reclaim = state.redis.register_script(RECLAIM_BATCH)
     total = 0
     for member in state.redis.zrange(keys.persist_leases(), 0, -1):
         token = str(member)

@@ -204,11 +204,11 @@ return {removed, spilled, empty}
 #: Guarantee: records move from the queue to the processing list in one step, and stay
 #: there until the drain acknowledges them after the SQL commit, so a killed drain loses
 #: nothing: its batch waits, with its lease, for the same drain's retry (same token),
-#: which resumes it first, or for RECLAIM once the lease has run out. The lease is
+#: which resumes it first, or for RECLAIM_BATCH once the lease has run out. The lease is
 #: renewed on every call, from the server's clock. The processing lists and the lease
 #: set share the queue's slot (their hash tag is the queue's key), so this is legal on
 #: a cluster.
-CLAIM = """
+CLAIM_BATCH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
@@ -233,7 +233,7 @@ return out
 #: go back to the head of the queue, in their order. A drain whose lease ran out while
 #: it was still writing writes its batch anyway: the records are then written twice,
 #: which the idempotent SQL writes make harmless; none is lost.
-RECLAIM = """
+RECLAIM_BATCH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = redis.call('ZSCORE', KEYS[3], ARGV[1])
