@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import gevent
+from gevent.event import Event
 
 from . import catchup, protocol
 from .connection import PING_FRAME, Connection
@@ -91,7 +92,9 @@ class Hub:
     def group_channel(self, group_id: int) -> bytes:
         return self.keys.group_channel(group_id).encode()
 
-    def join(self, conn: Connection, channels: Iterable[bytes]) -> None:
+    def join(self, conn: Connection, channels: Iterable[bytes]) -> Event | None:
+        """Add ``conn`` to ``channels``. Returns an event set once Redis has subscribed
+        the channels that were new to this process (None: none was new)."""
         new: list[bytes] = []
         for channel in channels:
             members = self.channels.get(channel)
@@ -100,8 +103,7 @@ class Hub:
                 new.append(channel)
             members.add(conn)
             conn.channels.add(channel)
-        if new:
-            self.subscriber.subscribe(new)
+        return self.subscriber.subscribe(new) if new else None
 
     def leave(self, conn: Connection, channels: Iterable[bytes]) -> None:
         gone: list[bytes] = []
@@ -119,13 +121,15 @@ class Hub:
 
     # -- connections -----------------------------------------------------------------
 
-    def add(self, conn: Connection, channels: Iterable[bytes]) -> None:
+    def add(self, conn: Connection, channels: Iterable[bytes]) -> Event | None:
+        """Register ``conn`` on ``channels``; returns what :meth:`join` returns."""
         self.connections[conn.id] = conn
         if conn.user_id:
             self.by_user.setdefault(conn.user_id, set()).add(conn)
-        self.join(conn, channels)
+        subscribed = self.join(conn, channels)
         METRICS.connections.inc()
         METRICS.connects.inc()
+        return subscribed
 
     def remove(self, conn: Connection) -> None:
         if self.connections.pop(conn.id, None) is None:

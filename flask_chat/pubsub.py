@@ -17,6 +17,7 @@ import random
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 
 import gevent
@@ -26,6 +27,8 @@ from gevent.lock import Semaphore
 from redis.connection import parse_url
 
 log = logging.getLogger("flask_chat.pubsub")
+
+_PING = b"*1\r\n$4\r\nPING\r\n"
 
 OnMessage = Callable[[bytes, bytes], None]
 
@@ -61,7 +64,9 @@ class Subscriber:
         #: When the connection was last lost (time.time()), for callers that must
         #: replay what was published while nobody listened.
         self.disconnected_at: float | None = None
-        self._confirming = False
+        #: What to run at each PING reply, in the order the PINGs were sent (and
+        #: whether to run it anyway when the connection is lost first).
+        self._pongs: deque[tuple[Callable[[], None], bool]] = deque()
         self._sock: socket.socket | None = None
         self._write_lock = Semaphore()
         self._stopping = False
@@ -69,12 +74,39 @@ class Subscriber:
 
     # -- subscriptions -------------------------------------------------------------
 
-    def subscribe(self, channels: Iterable[bytes]) -> None:
+    def subscribe(self, channels: Iterable[bytes]) -> Event | None:
+        """Subscribe to the channels not subscribed yet. Returns an event set once Redis
+        has them subscribed (None: nothing new), for callers that read what was
+        published before and must not miss what comes after."""
         new = [c for c in channels if c not in self.channels]
         if not new:
-            return
+            return None
         self.channels.update(new)
         self._send_batched(b"SUBSCRIBE", new)
+        return self.confirm()
+
+    def confirm(self) -> Event:
+        """An event set once Redis has answered everything sent before it: the reply to
+        a PING comes after the replies to every command before it. Also set when the
+        connection is down or lost (resubscribing on reconnect is followed by the
+        ``on_reconnect`` hook, whose job is to replay what was missed)."""
+        done = Event()
+        if not self._ping(done.set, on_loss=True):
+            done.set()
+        return done
+
+    def _ping(self, callback: Callable[[], None], on_loss: bool) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        with self._write_lock:
+            # Appended and sent under one lock, so pongs come back in this order.
+            self._pongs.append((callback, on_loss))
+            try:
+                sock.sendall(_PING)
+            except OSError:
+                pass  # the reader sees the loss and runs the callbacks that want it
+        return True
 
     def unsubscribe(self, channels: Iterable[bytes]) -> None:
         gone = [c for c in channels if c in self.channels]
@@ -163,8 +195,7 @@ class Subscriber:
                 # Redis answers in order: once this PING's reply is read, every channel
                 # above is subscribed, so a replay read after it cannot miss an event
                 # that neither it nor the live stream carries.
-                self._confirming = True
-                self._send(encode_command(b"PING"))
+                self._ping(self._reconnected, on_loss=False)
             self._ready.set()
             try:
                 self._read(sock)
@@ -173,7 +204,11 @@ class Subscriber:
                     log.warning("flask-chat: Redis subscriber lost its connection (%s)", exc)
             finally:
                 self.disconnected_at = time.time()
-                self._confirming = False
+                pending = list(self._pongs)
+                self._pongs.clear()
+                for callback, on_loss in pending:
+                    if on_loss:
+                        callback()
                 self.connected = False
                 self._ready.clear()
                 self._sock = None
@@ -201,13 +236,16 @@ class Subscriber:
                         log.exception("flask-chat: error while delivering a pub/sub message")
                 elif isinstance(reply, Exception):
                     log.warning("flask-chat: Redis subscriber got an error reply: %s", reply)
-                elif self._confirming and isinstance(reply, list) and reply[:1] == [b"pong"]:
-                    self._confirming = False
-                    if self.on_reconnect is not None:
-                        try:
-                            self.on_reconnect()
-                        except Exception:
-                            log.exception("flask-chat: the subscriber's reconnect hook failed")
+                elif isinstance(reply, list) and reply[:1] == [b"pong"] and self._pongs:
+                    callback, _ = self._pongs.popleft()
+                    callback()
+
+    def _reconnected(self) -> None:
+        if self.on_reconnect is not None:
+            try:
+                self.on_reconnect()
+            except Exception:
+                log.exception("flask-chat: the subscriber's reconnect hook failed")
 
     def stop(self) -> None:
         self._stopping = True

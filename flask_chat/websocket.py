@@ -237,7 +237,9 @@ def websocket() -> Response:
         # Live events from the moment of joining wait until the replay is written:
         # the client sees what it missed first, then what came meanwhile, in order.
         conn.hold()
-    hub.add(conn, [hub.user_channel(user_id)] + [hub.group_channel(g) for g in group_ids])
+    subscribed = hub.add(
+        conn, [hub.user_channel(user_id)] + [hub.group_channel(g) for g in group_ids]
+    )
     try:
         conn.write(protocol.ws_frame(protocol.hello(user_id, conn.id, config.ping_interval)))
         conn.start()
@@ -247,6 +249,10 @@ def websocket() -> Response:
         snapshot = delivery.online_snapshot(chat, state, user_id, audience)
         conn.write(protocol.ws_frame(protocol.online_snapshot(snapshot)))
         if after is not None:
+            if subscribed is not None:
+                # The replay reads what was published before; what comes after must be
+                # subscribed by then, or a message in between reaches neither.
+                subscribed.wait(5.0)
             catchup.replay(state, conn, after, held=True)
     except Exception:
         # The socket is already upgraded, so no HTTP error can be sent: cut it (the
