@@ -13,6 +13,7 @@ Needs the legacy stack (``../shared/legacy`` or ``LEGACY_DIR``) and ``haproxy``;
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -93,8 +94,6 @@ def watch(stack: LegacyStack, things: list[Any]) -> EventWatch:
 
 
 def messages(packets: list[str]) -> list[Any]:
-    import json
-
     return [json.loads(p[4:]) for p in packets if p.startswith("3:::")]
 
 
@@ -172,3 +171,174 @@ def test_the_real_client_on_xhr_polling_behind_haproxy_round_robin(
         wait_for(lambda: not session_keys(r, sid), what="the session's keys to go")
     finally:
         r.close()
+
+
+# -- the protocol, by hand, on two instances ---------------------------------------------
+
+
+def metric(port: int, sample: str) -> float:
+    from helpers import http_json
+
+    _, text = http_json(port, "GET", "/metrics")
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    return 0.0
+
+
+def framed(packets: list[str]) -> str:
+    """What socket.io 0.8's encodePayload makes of several packets (JavaScript lengths)."""
+    return "".join(f"\ufffd{len(p.encode('utf-16-le')) // 2}\ufffd{p}" for p in packets)
+
+
+def test_polls_and_posts_answered_by_either_instance(
+    stack: LegacyStack, things: list[Any], r: redis.Redis
+) -> None:
+    a, b = instance(stack, things), instance(stack, things)
+    events = watch(stack, things)
+    status, _, body = sio_get_handshake(a.port)
+    assert status == 200 and body.split(":")[1:] == [
+        "15", "25", "websocket,xhr-polling,jsonp-polling",
+    ]
+    client = PollSio(a.port)
+    assert client.get(b.port) == ["1::"]  # b holds the session's subscriptions now
+    client.send({"type": "subscribe", "channel": "channel_x"}, port=a.port)
+    events.wait("subscribe", session_id=client.session_id, channel="channel_x")
+
+    # Published while no poll was open: queued, then taken by one poll, framed as
+    # socket.io 0.8 frames several packets (a non-BMP character counts two).
+    stack.publish("channel_x", "one")
+    stack.publish("channel_x", {"emoji": "\U0001f600\U0001f600", "accents": "\u00e9t\u00e9"})
+    stack.publish("channel_x", "three")
+    wait_for(lambda: r.llen(f"chat:jug:{{p:{client.session_id}}}:q") == 3, what="the queue")
+    status, headers, text = client.request("GET", a.port)
+    assert status == 200 and headers["Content-Type"] == "text/plain; charset=utf-8"
+    expected = [
+        '3:::{"data":"one","channel":"channel_x"}',
+        '3:::{"data":{"emoji":"\U0001f600\U0001f600","accents":"\u00e9t\u00e9"},'
+        '"channel":"channel_x"}',
+        '3:::{"data":"three","channel":"channel_x"}',
+    ]
+    assert text == framed(expected)
+    assert sio_decode_payload(text) == expected
+
+    # A poll waits, here on a, for what the holder (b) queues later.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(client.get, a.port)
+        wait_for(lambda: r.exists(f"chat:jug:{{p:{client.session_id}}}:w"),
+                 what="the poll to wait")
+        stack.publish("channel_x", "live")
+        assert messages(waiting.result(30)) == [{"data": "live", "channel": "channel_x"}]
+
+        # Two packets in one POST (as the client sends what it buffered meanwhile).
+        status, text = client.post(['3:::{"type":"meta","data":{"m":1}}',
+                                    '3:::{"type":"event","data":"hi"}'], port=b.port)
+        assert (status, text) == (200, "1")
+        assert events.wait("custom", session_id=client.session_id) == {
+            "meta": {"m": 1}, "session_id": client.session_id, "data": "hi",
+        }
+        # Nothing to say for the polling duration: a noop (which re-arms the client's
+        # close timeout), and the session lives on.
+        assert pool.submit(client.get, b.port).result(40) == ["8::"]
+    stack.publish("channel_x", "after the noop")
+    assert messages(client.get(a.port)) == [{"data": "after the noop", "channel": "channel_x"}]
+    assert metric(a.port, 'flask_chat_juggernaut_polls_total{method="GET",'
+                  'transport="xhr-polling"}') >= 2
+    assert metric(b.port, 'flask_chat_juggernaut_polling_sessions') == 1
+
+    # The disconnect packet ends it, whichever instance gets it.
+    client.post(["0::"], port=a.port)
+    events.wait("unsubscribe", session_id=client.session_id, channel="channel_x")
+    wait_for(lambda: not session_keys(r, client.session_id), what="the keys to go")
+    assert client.get(b.port) == [NOT_HANDSHAKEN]
+
+
+def test_jsonp_polling_is_served_and_anonymous(
+    stack: LegacyStack, things: list[Any], r: redis.Redis
+) -> None:
+    a, b = instance(stack, things), instance(stack, things)
+    events = watch(stack, things)
+    bob = login_cookie(a.port, "bob")
+    client = PollSio(a.port, bob, transport="jsonp-polling")
+    status, headers, text = client.request("GET", b.port)
+    assert (status, text) == (200, 'io.j[3]("1::");')
+    assert headers["Content-Type"].startswith("text/javascript")
+    # Bob's own channel is refused (a JSONP session is nobody's), a public one is not.
+    client.send({"type": "subscribe", "channel": "/chats/user_2"}, port=a.port)
+    client.send({"type": "subscribe", "channel": "channel_j"}, port=b.port)
+    events.wait("subscribe", session_id=client.session_id, channel="channel_j")
+    stack.publish("/chats/user_2", "private")
+    # Raw (the gem's runner reads its report line by line, and U+2028 splits lines).
+    r.publish("juggernaut", json.dumps({"channels": ["channel_j"],
+                                        "data": 'quote " and \u2028 line separator'}))
+    got = poll_until(client, 1, [a.port, b.port])
+    assert got == [{"data": 'quote " and \u2028 line separator', "channel": "channel_j"}]
+    assert events.count("subscribe", session_id=client.session_id) == 1
+
+    # The same user on xhr-polling: their cookie makes the session theirs.
+    xhr = PollSio(a.port, bob)
+    assert xhr.get(b.port) == ["1::"]
+    xhr.send({"type": "subscribe", "channel": "/chats/user_2"}, port=a.port)
+    events.wait("subscribe", session_id=xhr.session_id, channel="/chats/user_2")
+    stack.publish("/chats/user_2", "private")
+    assert poll_until(xhr, 1, [a.port]) == [{"data": "private", "channel": "/chats/user_2"}]
+
+    # A form without a JSON string is a 400, and changes nothing.
+    status, _, text = client.request("POST", a.port, "d=not-json",
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 400 and '"bad_payload"' in text
+
+
+def test_a_polling_session_is_the_user_of_its_first_poll(
+    stack: LegacyStack, things: list[Any], r: redis.Redis
+) -> None:
+    a, b = instance(stack, things), instance(stack, things)
+    alice, bob = login_cookie(a.port, "alice"), login_cookie(a.port, "bob")
+    client = PollSio(a.port, alice)
+    assert client.get(a.port) == ["1::"]
+    client.send({"type": "subscribe", "channel": "/chats/user_1"}, port=b.port)
+    wait_for(lambda: r.hlen(f"chat:jug:session:{client.session_id}"), what="the subscribe")
+    stack.publish("/chats/user_1", "for alice")
+    wait_for(lambda: r.llen(f"chat:jug:{{p:{client.session_id}}}:q") == 1, what="the queue")
+    before = {k: r.dump(k) for k in session_keys(r, client.session_id)}
+
+    # Someone else with the session id: another user, nobody, the other transport.
+    for cookie, transport in ((bob, "xhr-polling"), ("", "xhr-polling"), (alice, "jsonp-polling")):
+        other = PollSio(b.port, cookie, transport=transport, session_id=client.session_id)
+        status, _, text = other.request("GET")
+        assert status == 403 and '"forbidden_session"' in text, (cookie, transport, text)
+        status, text = other.post(['3:::{"type":"unsubscribe","channel":"/chats/user_1"}'])
+        assert status == 403 and '"forbidden_session"' in text, (cookie, transport, text)
+    assert {k: r.dump(k) for k in session_keys(r, client.session_id)
+            if not k.endswith(":w")} == {k: v for k, v in before.items() if not k.endswith(":w")}
+    assert messages(client.get(b.port)) == [{"data": "for alice", "channel": "/chats/user_1"}]
+
+
+def test_bad_polling_requests_are_refused_and_change_nothing(
+    stack: LegacyStack, things: list[Any], r: redis.Redis
+) -> None:
+    a = instance(stack, things, CHAT_WS_ALLOWED_ORIGINS=["http://legacy.example"])
+    client = PollSio(a.port)
+    assert client.get() == ["1::"]
+    keys = {k: r.dump(k) for k in session_keys(r, client.session_id)}
+    # Unknown sessions: socket.io's own answer to a poll (reconnect), a 403 to a POST.
+    for sid in ("1234567890123456789", "abc", "9" * 30):
+        stranger = PollSio(a.port, session_id=sid)
+        assert stranger.get() == [NOT_HANDSHAKEN]
+        status, text = stranger.post(['3:::{"type":"event"}'])
+        assert status == 403 and '"not_handshaken"' in text
+    # Too big a POST, and pages of other origins.
+    status, _, text = client.request("POST", body="3:::" + "x" * 70_000)
+    assert status == 413 and '"payload_too_large"' in text
+    evil = {"Origin": "http://evil.example"}
+    for method in ("GET", "POST"):
+        status, headers, text = client.request(method, body="3:::{}", headers=evil)
+        assert status == 403 and '"forbidden_origin"' in text
+        assert "Access-Control-Allow-Origin" not in headers
+    assert {k: r.dump(k) for k in session_keys(r, client.session_id)} == keys
+    status, headers, _ = client.request("POST", body="2::",
+                                        headers={"Origin": "http://legacy.example"})
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://legacy.example"
