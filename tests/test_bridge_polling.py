@@ -157,7 +157,7 @@ def test_the_real_client_on_xhr_polling_behind_haproxy_round_robin(
     polls = re.findall(rf"(chat\d) \S+ 200 .*GET /socket\.io/1/xhr-polling/{sid}\?",
                        cluster.haproxy_log())
     assert len(set(polls)) == 2, polls
-    assert any(a != b for a, b in zip(polls, polls[1:])), polls
+    assert any(a != b for a, b in zip(polls, polls[1:], strict=False)), polls
     assert [m["session_id"] for m in jug.snapshot() if m.get("event") == "connect"] == [sid]
     frames = [m["frame"] for m in jug.snapshot() if m.get("event") == "frame" and m["dir"] == "in"]
     assert frames and all(re.match(r"^[0-9]:", f) or f.startswith("\ufffd") for f in frames)
@@ -342,3 +342,81 @@ def test_bad_polling_requests_are_refused_and_change_nothing(
     status, headers, _ = client.request("POST", body="2::",
                                         headers={"Origin": "http://legacy.example"})
     assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://legacy.example"
+
+
+# -- how sessions end --------------------------------------------------------------------
+
+
+def test_a_session_nobody_polls_ends_after_the_close_timeout(
+    stack: LegacyStack, things: list[Any], r: redis.Redis
+) -> None:
+    a = instance(stack, things)
+    events = watch(stack, things)
+    client = PollSio(a.port)
+    assert client.get() == ["1::"]
+    client.send({"type": "subscribe", "channel": "channel_gone"})
+    events.wait("subscribe", session_id=client.session_id)
+    # The tab is gone without a word: 25 s (the close timeout) after its last request,
+    # plus one check of the holder.
+    events.wait("unsubscribe", timeout=60, session_id=client.session_id, channel="channel_gone")
+    assert not session_keys(r, client.session_id)
+    assert client.get() == [NOT_HANDSHAKEN]
+
+
+def test_a_client_that_stops_reading_is_cut_at_its_queue_budget(
+    stack: LegacyStack, things: list[Any], r: redis.Redis
+) -> None:
+    a = instance(stack, things, CHAT_WS_MAX_QUEUE_BYTES=4096)
+    events = watch(stack, things)
+    client = PollSio(a.port)
+    assert client.get() == ["1::"]
+    client.send({"type": "subscribe", "channel": "channel_flood"})
+    events.wait("subscribe", session_id=client.session_id)
+    for _ in range(60):
+        r.publish("juggernaut", json.dumps({"channels": ["channel_flood"], "data": "x" * 100}))
+    events.wait("unsubscribe", session_id=client.session_id, channel="channel_flood")
+    wait_for(lambda: not session_keys(r, client.session_id), what="the keys to go")
+    assert client.get() == [NOT_HANDSHAKEN]
+    assert metric(a.port, 'flask_chat_juggernaut_limited_frames_total{reason="poll queue"}') == 1
+
+
+def test_logout_ends_the_users_polling_sessions(
+    stack: LegacyStack, things: list[Any], r: redis.Redis
+) -> None:
+    a, b = instance(stack, things), instance(stack, things)
+    events = watch(stack, things)
+    alice = login_cookie(a.port, "alice")
+    client = PollSio(a.port, alice)
+    assert client.get(b.port) == ["1::"]
+    client.send({"type": "subscribe", "channel": "/chats/user_1"})
+    events.wait("subscribe", session_id=client.session_id)
+    assert logout_over_http(a.port, alice) in (200, 302, 303)
+    events.wait("unsubscribe", session_id=client.session_id, channel="/chats/user_1")
+    wait_for(lambda: not session_keys(r, client.session_id), what="the keys to go")
+    assert client.get(a.port) == [NOT_HANDSHAKEN]
+
+
+def test_the_real_client_reconnects_when_the_holder_of_its_session_dies(
+    stack: LegacyStack, things: list[Any], tmp_path: Any, r: redis.Redis
+) -> None:
+    cluster = Cluster(stack.redis_url, str(tmp_path), CHAT_PRESENCE_TTL=2)
+    things.append(cluster)
+    cluster.start()
+    events = watch(stack, things)
+    jug = JugClient(stack, cluster.port, ["channel_holder"], transport="xhr-polling")
+    things.append(jug)
+    first = jug.connected(timeout=30)
+    events.wait("subscribe", session_id=first)
+    holder = next(s for s in cluster.servers
+                  if metric(s.port, "flask_chat_juggernaut_polling_sessions") == 1)
+    mark = len(jug.snapshot())
+    holder.kill()
+    # Its keys expire unrenewed; the next poll (on the survivor) is told to reconnect,
+    # and the client does, subscribing again; the survivor's reaper unsubscribes the
+    # old session.
+    second = jug.connected(timeout=60, after=mark)
+    assert second != first
+    events.wait("subscribe", session_id=second, channel="channel_holder")
+    stack.publish("channel_holder", "after the holder died")
+    jug.wait_data(lambda m: m.get("data") == "after the holder died", timeout=30)
+    events.wait("unsubscribe", timeout=30, session_id=first, channel="channel_holder")
