@@ -7,7 +7,7 @@
  * Where websockets are blocked (a proxy refusing the upgrade: two attempts in a row
  * fail before the server's hello), it long-polls /chats/poll from the same position
  * instead, sends over POST /chats/send_message, and tries the websocket again now and
- * then; typing notices and read marks wait for the websocket.
+ * then; typing notices and read marks are not sent meanwhile.
  *
  * Public API: window.FlaskChat.open(key), .close(key), .minimise(key), .send(key, text),
  * .on(event, handler) with events "message", "presence", "connection" and "error";
