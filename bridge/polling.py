@@ -506,7 +506,13 @@ class PollingSessions:
         BRIDGE_METRICS.polling_sessions.dec()
         if self.hub is not None:
             self.hub.remove(conn)
-        gevent.spawn(self._forget, conn.id)
+        if self._draining():
+            # The drain runs in a greenlet of its own, and the process exits right
+            # after it: no spawned greenlet would run. The client's next poll, on
+            # another instance, is told to reconnect at once.
+            self._forget(conn.id)
+        else:
+            gevent.spawn(self._forget, conn.id)  # never wait in the hub's delivery loop
 
     def _forget(self, sid: str) -> None:
         try:

@@ -420,3 +420,30 @@ def test_the_real_client_reconnects_when_the_holder_of_its_session_dies(
     stack.publish("channel_holder", "after the holder died")
     jug.wait_data(lambda m: m.get("data") == "after the holder died", timeout=30)
     events.wait("unsubscribe", timeout=30, session_id=first, channel="channel_holder")
+
+
+def test_a_draining_holder_sends_its_polling_clients_elsewhere(
+    stack: LegacyStack, things: list[Any], tmp_path: Any, r: redis.Redis
+) -> None:
+    cluster = Cluster(stack.redis_url, str(tmp_path), CHAT_PRESENCE_TTL=2)
+    things.append(cluster)
+    cluster.start()
+    events = watch(stack, things)
+    jug = JugClient(stack, cluster.port, ["channel_drain"], transport="xhr-polling")
+    things.append(jug)
+    first = jug.connected(timeout=30)
+    events.wait("subscribe", session_id=first)
+    holder = next(s for s in cluster.servers
+                  if metric(s.port, "flask_chat_juggernaut_polling_sessions") == 1)
+    mark = len(jug.snapshot())
+    assert holder.terminate() == 0, holder.output  # SIGTERM: drain, then exit
+    # The session ended with the drain: the next poll, wherever it lands, is told to
+    # reconnect, and the client does (on the other instance: HAProxy sees the drained
+    # one down).
+    assert not session_keys(r, first), holder.output
+    second = jug.connected(timeout=60, after=mark)
+    assert second != first
+    events.wait("subscribe", session_id=second, channel="channel_drain")
+    stack.publish("channel_drain", "after the drain")
+    jug.wait_data(lambda m: m.get("data") == "after the drain", timeout=30)
+    events.wait("unsubscribe", timeout=30, session_id=first, channel="channel_drain")
