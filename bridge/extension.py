@@ -28,6 +28,7 @@ from flask_chat.errors import ConfigurationError, ValidationError
 
 from . import protocol
 from .metrics import BRIDGE_METRICS
+from .polling import PollingSessions
 from .router import LegacyRouter, Limits, subscribe_listener
 
 log = logging.getLogger("flask_chat_bridge")
@@ -57,6 +58,7 @@ class JuggernautBridge:
     def __init__(self, app: Flask | None = None, chat: Chat | None = None) -> None:
         self.chat: Chat = chat  # type: ignore[assignment]
         self.router: LegacyRouter | None = None
+        self.polling: PollingSessions | None = None
         self.translator: Translator | None = None
         self._authorizer: ChannelAuthorizer | None = None
         self._mirror: MirrorChannels | None = None
@@ -112,12 +114,15 @@ class JuggernautBridge:
         app.extensions["chat_bridge"] = self
         if limits is None:
             return
-        from .socketio import legacy
+        from .socketio import handle_frame, legacy
 
         with app.app_context():
             state = chat.state
         self.router = LegacyRouter(self, app, state, limits)
         state.hub_listeners.append(subscribe_listener(self.router))
+        self.polling = PollingSessions(app, state, self.instance_id,
+                                       lambda conn, text: handle_frame(self, conn, text))
+        state.hub_listeners.append(self.polling.attach)
         state.hub_listeners.append(self._start_election)
         for kind in ("subscribe", "unsubscribe", "meta", "event"):
             state.frame_handlers[kind] = self._native_frame

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 
 class _BridgeMetrics:
@@ -32,6 +32,15 @@ class _BridgeMetrics:
             "flask_chat_juggernaut_refused_connections",
             "socket.io handshakes and websockets refused (origin not allowed, no handshake).",
             ["reason"],
+        )
+        self.polls = Counter(
+            "flask_chat_juggernaut_polls",
+            "socket.io polling requests answered (GET: a poll, POST: client packets).",
+            ["transport", "method"],
+        )
+        self.polling_sessions = Gauge(
+            "flask_chat_juggernaut_polling_sessions",
+            "socket.io polling sessions whose subscriptions this process holds.",
         )
         self.translated = Counter(
             "flask_chat_juggernaut_translated", "Legacy publishes turned into chat messages."

@@ -1,14 +1,20 @@
 """The socket.io 0.8 endpoint that unchanged Juggernaut browser clients connect to.
 
 ``GET /socket.io/1/`` is the handshake; ``/socket.io/1/websocket/<sid>`` the websocket
-transport. The session id is kept in Redis for the minute between the two requests, so
-the handshake and the websocket may land on different instances: no sticky sessions.
-Frames are handled by flask-chat's own lean connection loop, like its native clients.
+transport, ``/socket.io/1/xhr-polling/<sid>`` and ``/socket.io/1/jsonp-polling/<sid>``
+the polling ones (:mod:`flask_chat_bridge.polling`). The session id is kept in Redis
+for the minute between the handshake and the transport's first request, and a polling
+session lives in Redis, so every request may land on a different instance: no sticky
+sessions. Websocket frames are handled by flask-chat's own lean connection loop, like
+its native clients.
 
-Both requests follow ``/chats/ws``'s Origin rule (the app's own origin and
+Every request follows ``/chats/ws``'s Origin rule (the app's own origin and
 ``CHAT_WS_ALLOWED_ORIGINS``; no Origin: not a browser). The handshake carries no
-identity, JSONP or not: the connection is the user its websocket upgrade's own cookie
-says, so a session id fetched with someone's cookie is worth nothing without it.
+identity, JSONP or not: a websocket is the user its upgrade's own cookie says; an
+xhr-polling session the user of its first poll's cookie, and every later request of it
+must carry that user's cookie too. A jsonp-polling session is anonymous: its polls are
+script tags, which any site's page may point anywhere with the visitor's cookie and
+read, and which carry no Origin.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import logging
 import os
 import secrets
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from flask import Blueprint, Response, current_app, request, send_from_directory
 from gevent.event import Event
+from redis.exceptions import RedisError
 
 from flask_chat import protocol as chat_protocol
 from flask_chat.connection import Connection
@@ -36,7 +44,8 @@ from flask_chat.websocket import (
     hand_over,
 )
 
-from . import protocol
+from . import polling, protocol
+from .keys import BridgeKeys
 from .metrics import BRIDGE_METRICS
 from .router import LEGACY
 
@@ -49,7 +58,7 @@ legacy = Blueprint("juggernaut_legacy", __name__)
 
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
-_TRANSPORTS = "websocket"
+_TRANSPORTS = ",".join(("websocket", *polling.TRANSPORTS))
 
 _NATIVE_RECONNECT = ws_frame(chat_protocol.reconnect())
 
@@ -85,8 +94,8 @@ def _bridge() -> JuggernautBridge:
     return bridge
 
 
-def _sid_key(sid: str) -> str:
-    return f"{_bridge().chat.state.keys.prefix}:jug:sid:{sid}"
+def _keys() -> BridgeKeys:
+    return BridgeKeys(_bridge().chat.state.keys.prefix)
 
 
 def _cors(response: Response) -> Response:
@@ -128,7 +137,7 @@ def handshake() -> Response:
     # No user id: JSONP (a script tag) carries the cookie of any page's visitor past
     # CORS, and the sid goes wherever the page sends it. The websocket's own cookie
     # says who the connection is.
-    state.redis.set(_sid_key(sid), "{}", ex=60)
+    state.redis.set(_keys().handshake(sid), "{}", ex=60)
     body = f"{sid}:{protocol.HEARTBEAT_TIMEOUT}:{protocol.CLOSE_TIMEOUT}:{_TRANSPORTS}"
     jsonp = request.args.get("jsonp")
     if jsonp is not None and jsonp.isdigit():
@@ -152,7 +161,7 @@ def websocket(sid: str) -> Response:
     refused = _origin_refused("websocket")
     if refused is not None:
         return refused
-    if not sid.isdigit() or state.redis.getdel(_sid_key(sid)) is None:
+    if not sid.isdigit() or state.redis.getdel(_keys().handshake(sid)) is None:
         BRIDGE_METRICS.refused_connections.labels("not handshaken").inc()
         return current_app.response_class("client not handshaken", status=403)
     if state.hub is not None and state.hub.draining:
@@ -191,6 +200,113 @@ def websocket(sid: str) -> Response:
     conn.write(ws_frame(protocol.FRAME_CONNECT.encode()))
     conn.start()
     return hand_over(done)
+
+
+@legacy.route("/socket.io/1/<any('xhr-polling', 'jsonp-polling'):transport>/<sid>",
+              methods=["GET", "POST"])
+def poll(transport: str, sid: str) -> Response:
+    """socket.io 0.8's polling transports: a GET waits for packets (up to the polling
+    duration, then a noop), a POST delivers the client's. Any instance answers either."""
+    bridge = _bridge()
+    chat = bridge.chat
+    state = chat.state
+    sessions = bridge.polling
+    assert sessions is not None
+    refused = _origin_refused("poll")
+    if refused is not None:
+        return refused
+    BRIDGE_METRICS.polls.labels(transport, request.method).inc()
+    user_id = chat.current_user_id() if transport == "xhr-polling" else None
+    known = sid.isdigit() and len(sid) <= 20
+    try:
+        if request.method == "POST":
+            return _post(sessions, transport, sid if known else "", user_id)
+        if not known:
+            return _not_handshaken(transport)
+        if "disconnect" in request.args:  # socket.io 0.8's disconnect by GET
+            sessions.post(sid, user_id, transport, [polling.DISCONNECT])
+            return _packets(transport, [])
+        try:
+            check_gevent_patched()
+        except ConfigurationError as exc:
+            return current_app.response_class(str(exc), status=500)
+        if state.hub is not None and state.hub.draining:
+            # Not here: the client reconnects, through the load balancer, elsewhere.
+            return _json_error(503, "draining", "Reconnect elsewhere.")
+        get_hub(chat, state)  # its listeners attach the polling sessions
+        packets = sessions.poll(sid, user_id, transport)
+    except PermissionError:
+        BRIDGE_METRICS.refused_connections.labels("another user's session").inc()
+        return _json_error(403, "forbidden_session",
+                           "This socket.io session belongs to another user or transport.")
+    except RedisError:
+        log.warning("flask-chat bridge: Redis unavailable for a socket.io poll", exc_info=True)
+        return _json_error(503, "unavailable", "Try again shortly.")
+    if packets is None:
+        return _not_handshaken(transport)
+    return _packets(transport, packets)
+
+
+def _post(sessions: polling.PollingSessions, transport: str, sid: str,
+          user_id: int | None) -> Response:
+    limit = _bridge().chat.state.config.max_ws_message
+    if (request.content_length or 0) > limit:
+        return _json_error(413, "payload_too_large", f"At most {limit} bytes a POST.")
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        return _json_error(413, "payload_too_large", f"At most {limit} bytes a POST.")
+    text = raw.decode("utf-8", "replace")
+    if transport == "jsonp-polling":
+        # A form's ``d`` field, holding the payload as a JSON string (socket.io 0.8:
+        # browsers would turn a raw \n into \r\n in a form).
+        try:
+            fields = parse_qs(text, keep_blank_values=True, max_num_fields=8)
+            value = json.loads(fields["d"][0])
+        except (KeyError, ValueError, RecursionError):
+            value = None
+        if not isinstance(value, str):
+            return _json_error(400, "bad_payload", "Expected a form field 'd' holding a "
+                               "JSON string.")
+        text = value
+    if not sid:
+        return _json_error(403, "not_handshaken", "No such socket.io session: reconnect.")
+    status = sessions.post(sid, user_id, transport, polling.decode_payload(text))
+    if status == polling.GONE:
+        BRIDGE_METRICS.refused_connections.labels("not handshaken").inc()
+        return _json_error(403, "not_handshaken", "No such socket.io session: reconnect.")
+    if status == polling.REFUSED:
+        raise PermissionError(sid)
+    if status == polling.FULL:
+        BRIDGE_METRICS.limited.labels("poll inbox").inc()
+        return _json_error(429, "too_many_packets", "Too many packets not yet handled.")
+    return _cors(current_app.response_class("1", mimetype="text/plain"))
+
+
+def _packets(transport: str, packets: list[str]) -> Response:
+    payload = polling.encode_payload(packets) if packets else ""
+    if transport == "jsonp-polling":
+        index = request.args.get("i", "0")
+        index = index if index.isdigit() and len(index) <= 10 else "0"
+        # ASCII-only JSON: no U+2028 or lone surrogate can break the script.
+        response = current_app.response_class(f"io.j[{index}]({json.dumps(payload)});",
+                                              mimetype="text/javascript")
+    else:
+        response = current_app.response_class(payload, mimetype="text/plain")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return _cors(response)
+
+
+def _not_handshaken(transport: str) -> Response:
+    """What socket.io 0.8 answered a poll of a session it did not know: an error packet
+    whose advice makes the client reconnect (a new handshake, then a new session)."""
+    BRIDGE_METRICS.refused_connections.labels("not handshaken").inc()
+    return _packets(transport, [polling.NOT_HANDSHAKEN])
+
+
+def _json_error(status: int, code: str, message: str) -> Response:
+    body = json.dumps({"error": code, "message": message})
+    return _cors(current_app.response_class(body, status=status, mimetype="application/json"))
 
 
 def handle_frame(bridge: JuggernautBridge, conn: Connection, text: str) -> None:

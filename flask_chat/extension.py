@@ -316,7 +316,7 @@ class Chat:
 
         app.cli.add_command(chat_cli)
 
-        from . import websocket  # noqa: F401  (registers /ws on the blueprint)
+        from . import longpoll, websocket  # noqa: F401  (register /ws and /poll)
         from .templating import chat_bootstrap
         from .views import blueprint, metrics_view, register_routing_errors
 

@@ -136,16 +136,24 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 5000, **kwargs: Any) ->
     there), finish requests in flight, exit. What a rolling deploy needs."""
     server = make_server(app, host, port, **kwargs)
     stopping = gevent.event.Event()
+    stopped = gevent.event.Event()
 
     def shutdown() -> None:
         if stopping.is_set():
             return
         stopping.set()
-        log.warning("flask-chat: shutting down: draining connections")
-        server.close()  # stop accepting; the load balancer's next check fails over
-        drain(app)
-        server.stop(timeout=5)
+        try:
+            log.warning("flask-chat: shutting down: draining connections")
+            server.close()  # stop accepting; the load balancer's next check fails over
+            drain(app)
+            server.stop(timeout=5)
+        finally:
+            stopped.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, lambda: gevent.spawn(shutdown))
     server.serve_forever()
+    # close() above ends serve_forever at once: without this wait the process would
+    # exit at the drain's first wait (for the clients to go, for Redis).
+    if stopping.is_set():
+        stopped.wait()

@@ -67,6 +67,7 @@ def bootstrap_data(chat: Chat, user_id: int) -> dict[str, Any]:
             "conversations": f"{prefix}/conversations/",
             "online_users": f"{prefix}/online_users",
             "websocket": f"{prefix}/ws",
+            "poll": f"{prefix}/poll",
         },
         "settings": {
             "max_message_length": state.config.max_message_length,

@@ -280,8 +280,9 @@ def _browser_env(stack: LegacyStack, headers: dict[str, str]) -> dict[str, str]:
 class JugClient(LineProcess):
     """The real Juggernaut browser client (``client.js``, socket.io-client 0.8.7) on
     ``port``, driven through ``--stdin``: every line it prints is kept. ``headers``
-    (``Origin``, ``Cookie``) are sent with the handshake and the websocket, as a
-    browser sends them."""
+    (``Origin``, ``Cookie``) are sent with the handshake and the websocket (or every
+    poll), as a browser sends them. ``transport``: the one the client may use
+    (``websocket``, or ``xhr-polling`` as when websockets are blocked)."""
 
     def __init__(
         self,
@@ -291,8 +292,10 @@ class JugClient(LineProcess):
         meta: Any = None,
         raw: bool = False,
         headers: dict[str, str] | None = None,
+        transport: str = "websocket",
     ) -> None:
         args = ["node", stack.path("client.js"), "--port", str(port), "--stdin"]
+        args += ["--transport", transport]
         if meta is not None:
             args += ["--meta", json.dumps(meta)]
         if raw:
@@ -758,3 +761,106 @@ def close_all(things: Iterable[Any]) -> None:
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+# -- a raw socket.io 0.8 polling client --------------------------------------------------
+
+
+def sio_decode_payload(data: str) -> list[str]:
+    """socket.io 0.8's ``parser.decodePayload`` as the browser runs it: lengths count
+    UTF-16 code units (JavaScript's ``string.length``)."""
+    if not data.startswith("\ufffd"):
+        return [data] if data else []
+    units = data.encode("utf-16-le", "surrogatepass")
+    packets, i, length = [], 1, ""
+    while i < len(units) // 2:
+        char = units[2 * i : 2 * i + 2].decode("utf-16-le", "surrogatepass")
+        if char == "\ufffd":
+            start = 2 * (i + 1)
+            packets.append(units[start : start + 2 * int(length)].decode("utf-16-le"))
+            i += int(length) + 1
+            length = ""
+        else:
+            length += char
+        i += 1
+    return packets
+
+
+class PollSio:
+    """socket.io 0.8 over ``xhr-polling`` or ``jsonp-polling`` by hand: each request may
+    go to another port (instance), with the headers a browser would send."""
+
+    def __init__(
+        self,
+        port: int,
+        cookie: str = "",
+        transport: str = "xhr-polling",
+        headers: dict[str, str] | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self.port = port
+        self.transport = transport
+        self.headers = {**({"Cookie": cookie} if cookie else {}), **(headers or {})}
+        self.session_id = session_id or sio_handshake(port, cookie, headers)
+        self.index = 3  # the io.j[] slot of a JSONP transport
+
+    def request(
+        self,
+        method: str,
+        port: int | None = None,
+        body: str | bytes | None = None,
+        query: str = "",
+        headers: dict[str, str] | None = None,
+        timeout: float = 40,
+    ) -> tuple[int, http.client.HTTPMessage, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=timeout)
+        try:
+            conn.request(
+                method,
+                f"/socket.io/1/{self.transport}/{self.session_id}"
+                f"?t={int(time.time() * 1000)}&i={self.index}{query}",
+                body=body.encode() if isinstance(body, str) else body,
+                headers={**self.headers, **(headers or {})},
+            )
+            resp = conn.getresponse()
+            text = resp.read().decode()
+        finally:
+            conn.close()
+        return resp.status, resp.headers, text
+
+    def unwrap(self, text: str) -> str:
+        """A JSONP answer's payload (``io.j[i]("...");``); an XHR answer as it is."""
+        if self.transport != "jsonp-polling":
+            return text
+        head = f"io.j[{self.index}]("
+        assert text.startswith(head) and text.endswith(");"), text
+        payload: str = json.loads(text[len(head) : -2])
+        return payload
+
+    def get(self, port: int | None = None, timeout: float = 40) -> list[str]:
+        """One poll: the packets it answered (status 200 asserted)."""
+        status, _, text = self.request("GET", port, timeout=timeout)
+        assert status == 200, (status, text)
+        return sio_decode_payload(self.unwrap(text))
+
+    def post(self, packets: list[str], port: int | None = None) -> tuple[int, str]:
+        """POST packets, framed as the client frames several; JSONP as its form does."""
+        if len(packets) == 1:
+            payload = packets[0]
+        else:
+            payload = "".join(
+                f"\ufffd{len(p.encode('utf-16-le')) // 2}\ufffd{p}" for p in packets
+            )
+        if self.transport == "jsonp-polling":
+            from urllib.parse import urlencode
+
+            body = urlencode({"d": json.dumps(payload)})
+            kind = "application/x-www-form-urlencoded"
+        else:
+            body, kind = payload, "text/plain;charset=UTF-8"
+        status, _, text = self.request("POST", port, body, headers={"Content-Type": kind})
+        return status, text
+
+    def send(self, message: Any, port: int | None = None) -> None:
+        status, text = self.post(["3:::" + json.dumps(message)], port)
+        assert (status, text) == (200, "1"), (status, text)

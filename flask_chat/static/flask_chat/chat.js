@@ -9,10 +9,15 @@
  * no ack in time) is retried with the same key, so the server stores it once.
  * Messages are kept in id order whatever order they arrive in (live frames can come out
  * of order across instances; see docs/protocol.md).
+ * Where websockets are blocked (a proxy refusing the upgrade: two attempts in a row
+ * fail before the server's hello), it long-polls /chats/poll from the same position
+ * instead, sends over POST /chats/send_message, and tries the websocket again now and
+ * then; typing notices and read marks are not sent meanwhile.
  *
  * Public API: window.FlaskChat.open(key), .close(key), .minimise(key), .send(key, text),
  * .on(event, handler) with events "message", "presence", "connection" and "error";
- * .online (a set of user ids), .connected (boolean).
+ * .online (a set of user ids), .connected (boolean: the websocket is up),
+ * .transport ("websocket", "longpoll" or null).
  */
 (function () {
   "use strict";
@@ -39,6 +44,9 @@
   // Waits before each retry of a send in doubt (then give up): about 25 s in all.
   var RETRY_DELAYS = [300, 1000, 2000, 4000, 8000, 10000];
   var ACK_TIMEOUT = 10000;  // ms without an ack before a send counts as in doubt
+  var wsFailures = 0;      // websocket attempts in a row that never got the hello
+  var polling = false;     // long-polling /chats/poll (websockets blocked)
+  var pollAttempts = 0;
 
   function emit(name, detail) {
     (handlers[name] || []).forEach(function (fn) { fn(detail); });
@@ -338,6 +346,7 @@
     },
     get online() { return Object.keys(online).map(Number); },
     get connected() { return connected; },
+    get transport() { return connected ? "websocket" : (polling ? "longpoll" : null); },
   };
 
   // -- real time ------------------------------------------------------------------
@@ -550,7 +559,12 @@
     ws.onmessage = function (ev) {
       var frame;
       try { frame = JSON.parse(ev.data); } catch (e) { return; }
-      if (frame.type === "hello") { greeted = true; loggedOut = false; }
+      if (frame.type === "hello") {
+        greeted = true;
+        loggedOut = false;
+        wsFailures = 0;
+        stopPolling();  // websockets work (again): the in-flight poll is dropped
+      }
       onFrame(frame);
     };
     ws.onclose = function (ev) {
@@ -575,8 +589,68 @@
       } else if (!greeted && loggedOut) {
         return;  // this browser is logged out too: stop trying
       }
+      if (!greeted) { wsFailures += 1; }
+      if (!greeted && wsFailures >= 2 && data.urls.poll) {
+        // Blocked, not just restarting: poll meanwhile, and try the websocket again
+        // in a minute or so.
+        startPolling();
+        setTimeout(connect, 45000 + Math.random() * 30000);
+        return;
+      }
       scheduleReconnect();
     };
+  }
+
+  // -- the long-polling fallback ----------------------------------------------------
+
+  function startPolling() {
+    if (polling) { return; }
+    polling = true;
+    pollAttempts = 0;
+    emit("connection", { connected: true, transport: "longpoll" });
+    poll(true);
+  }
+
+  function stopPolling() {
+    if (!polling) { return; }
+    polling = false;
+  }
+
+  function poll(first) {
+    if (!polling) { return; }
+    var url = data.urls.poll + "?after=" + encodeURIComponent(position) + (first ? "&online=1" : "");
+    request("GET", url).then(function (answer) {
+      if (!polling) { return; }
+      pollAttempts = 0;
+      var out = false;
+      answer.frames.forEach(function (frame) {
+        if (frame.type === "logout") { out = true; return; }
+        onFrame(frame);
+      });
+      if (answer.position > position) { position = answer.position; }
+      if (out) {
+        polling = false;
+        loggedOut = true;
+        useToken = false;
+        emit("connection", { connected: false });
+        emit("logout", {});
+        return;
+      }
+      poll(false);
+    }, function (err) {
+      if (!polling) { return; }
+      if (err.status === 401) {
+        polling = false;
+        loggedOut = true;
+        emit("connection", { connected: false });
+        emit("logout", {});
+        return;
+      }
+      // Down or restarting: the same jittered backoff as the websocket's.
+      var base = Math.min(30000, 500 * Math.pow(2, pollAttempts));
+      pollAttempts += 1;
+      setTimeout(function () { poll(first); }, base / 2 + Math.random() * base / 2);
+    });
   }
 
   function scheduleReconnect() {
@@ -613,7 +687,7 @@
       if (document.hidden) { return; }
       Object.keys(windows).forEach(function (key) { applyState(windows[key]); });
     });
-    if (window.WebSocket) { connect(); }
+    if (window.WebSocket) { connect(); } else if (data.urls.poll) { startPolling(); }
   }
 
   window.FlaskChat = api;
