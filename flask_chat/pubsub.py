@@ -24,6 +24,7 @@ import hiredis
 from gevent.event import Event
 from gevent.lock import Semaphore
 from redis.connection import parse_url
+from redis.crc import key_slot
 
 log = logging.getLogger("flask_chat.pubsub")
 
@@ -39,7 +40,14 @@ def encode_command(*args: bytes | str) -> bytes:
 
 
 class Subscriber:
-    """Subscribe to channels on one connection; hand every message to ``on_message``."""
+    """Subscribe to channels on one connection; hand every message to ``on_message``.
+
+    ``sharded``: Redis 7's sharded pub/sub (SSUBSCRIBE, ``smessage``) on one node of a
+    cluster, for :class:`flask_chat.cluster.ClusterSubscriber`, which also passes
+    ``on_trouble``: called whenever the connection fails or is lost, when the server
+    drops a channel this subscriber still wants (a ``sunsubscribe`` nobody asked for:
+    its slot moved) and on an error reply (MOVED): the slot map must be looked at again.
+    """
 
     #: Channels per SUBSCRIBE command when resubscribing many at once.
     BATCH = 500
@@ -50,11 +58,19 @@ class Subscriber:
         on_message: OnMessage,
         on_reconnect: Callable[[], None] | None = None,
         max_backoff: float = 5.0,
+        sharded: bool = False,
+        on_trouble: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
         self.on_message = on_message
         self.on_reconnect = on_reconnect
         self.max_backoff = max_backoff
+        self.on_trouble = on_trouble
+        self._sharded = sharded
+        self._subscribe = b"SSUBSCRIBE" if sharded else b"SUBSCRIBE"
+        self._unsubscribe = b"SUNSUBSCRIBE" if sharded else b"UNSUBSCRIBE"
+        self._message = b"smessage" if sharded else b"message"
+        self._dropped = b"sunsubscribe" if sharded else b"unsubscribe"
         self.channels: set[bytes] = set()
         self.connected = False
         self.reconnects = 0
@@ -74,18 +90,38 @@ class Subscriber:
         if not new:
             return
         self.channels.update(new)
-        self._send_batched(b"SUBSCRIBE", new)
+        self._send_batched(self._subscribe, new)
 
     def unsubscribe(self, channels: Iterable[bytes]) -> None:
         gone = [c for c in channels if c in self.channels]
         if not gone:
             return
         self.channels.difference_update(gone)
-        self._send_batched(b"UNSUBSCRIBE", gone)
+        self._send_batched(self._unsubscribe, gone)
+
+    def confirm(self) -> None:
+        """Call ``on_reconnect`` once every subscription sent so far is in place (a
+        PING's reply comes after theirs), or on the next reconnect if not connected."""
+        if self._sock is None:
+            return
+        self._confirming = True
+        self._send(encode_command(b"PING"))
 
     def _send_batched(self, command: bytes, channels: list[bytes]) -> None:
         if self._sock is None:
             return  # sent on (re)connect
+        if self._sharded:
+            # One SSUBSCRIBE may only name channels of one slot: one command per slot,
+            # all in one write.
+            by_slot: dict[int, list[bytes]] = {}
+            for channel in channels:
+                by_slot.setdefault(key_slot(channel), []).append(channel)
+            self._send(b"".join(
+                encode_command(command, *group[i : i + self.BATCH])
+                for group in by_slot.values()
+                for i in range(0, len(group), self.BATCH)
+            ))
+            return
         for i in range(0, len(channels), self.BATCH):
             self._send(encode_command(command, *channels[i : i + self.BATCH]))
 
@@ -147,6 +183,7 @@ class Subscriber:
                 sock = self._connect()
             except OSError as exc:
                 failures += 1
+                self._trouble()
                 delay = min(self.max_backoff, 0.05 * 2**failures) * random.uniform(0.5, 1.0)
                 if failures == 1:
                     log.warning("flask-chat: Redis subscriber cannot connect (%s); retrying", exc)
@@ -158,7 +195,7 @@ class Subscriber:
             failures = 0
             self._sock = sock
             self.connected = True
-            self._send_batched(b"SUBSCRIBE", list(self.channels))
+            self._send_batched(self._subscribe, list(self.channels))
             if self.reconnects and self.on_reconnect is not None:
                 # Redis answers in order: once this PING's reply is read, every channel
                 # above is subscribed, so a replay read after it cannot miss an event
@@ -178,6 +215,8 @@ class Subscriber:
                 self._ready.clear()
                 self._sock = None
                 sock.close()
+            if not self._stopping:
+                self._trouble()
             failures = 1
             if not self._stopping:
                 gevent.sleep(random.uniform(0.02, 0.1))
@@ -185,6 +224,7 @@ class Subscriber:
     def _read(self, sock: socket.socket) -> None:
         reader = hiredis.Reader()
         on_message = self.on_message
+        kind = self._message
         while True:
             data = sock.recv(262144)
             if not data:
@@ -194,13 +234,21 @@ class Subscriber:
                 reply = reader.gets()
                 if reply is False:
                     break
-                if isinstance(reply, list) and reply and reply[0] == b"message":
+                if isinstance(reply, list) and reply and reply[0] == kind:
                     try:
                         on_message(reply[1], reply[2])
                     except Exception:
                         log.exception("flask-chat: error while delivering a pub/sub message")
                 elif isinstance(reply, Exception):
                     log.warning("flask-chat: Redis subscriber got an error reply: %s", reply)
+                    self._trouble()
+                elif (
+                    isinstance(reply, list)
+                    and reply[:1] == [self._dropped]
+                    and reply[1] in self.channels
+                ):
+                    # Dropped by the server while still wanted (sharded: the slot moved).
+                    self._trouble()
                 elif self._confirming and isinstance(reply, list) and reply[:1] == [b"pong"]:
                     self._confirming = False
                     if self.on_reconnect is not None:
@@ -208,6 +256,13 @@ class Subscriber:
                             self.on_reconnect()
                         except Exception:
                             log.exception("flask-chat: the subscriber's reconnect hook failed")
+
+    def _trouble(self) -> None:
+        if self.on_trouble is not None:
+            try:
+                self.on_trouble()
+            except Exception:
+                log.exception("flask-chat: the subscriber's trouble hook failed")
 
     def stop(self) -> None:
         self._stopping = True
