@@ -137,6 +137,10 @@ class ClusterSubscriber:
     def run(self) -> None:
         """Watch the slot map while the node subscribers read (until :meth:`stop`)."""
         self._started = True
+        # A connection to every master from the start: a channel joined later is
+        # subscribed at once, on a live connection, as with a single server.
+        for node in cast(Any, self.cluster).get_primaries():
+            self._node(str(node.name))
         for sub in list(self.nodes.values()) + ([self.classic] if self.classic else []):
             self._spawn(sub)
         while not self._stopping:
@@ -247,13 +251,15 @@ class ClusterSubscriber:
             previous = self._lost_at.get(id(target))
             self._lost_at[id(target)] = min(lost_at[owner], previous or lost_at[owner])
             target.confirm()  # on its reply: _confirmed, then the hub's catch-up
+        names = {str(n.name) for n in cast(Any, self.cluster).get_primaries()}
         for name, sub in list(self.nodes.items()):
-            if not sub.channels:
-                del self.nodes[name]
+            if not sub.channels and name not in names:
+                del self.nodes[name]  # no longer a master (dead, or a replica now)
                 self._retire(sub)
+        for name in names:
+            self._node(name)  # a master new to the map (a promoted replica)
         classic = self.classic
         if classic is not None and not classic.connected:
-            names = {str(n.name) for n in cast(Any, self.cluster).get_primaries()}
             current = urlsplit(classic.url).netloc.rpartition("@")[2]
             if current not in names and names:
                 # Its node is no longer a master: subscribe on one that is.

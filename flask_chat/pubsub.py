@@ -78,6 +78,7 @@ class Subscriber:
         #: replay what was published while nobody listened.
         self.disconnected_at: float | None = None
         self._confirming = False
+        self._confirm_pending = False
         self._sock: socket.socket | None = None
         self._write_lock = Semaphore()
         self._stopping = False
@@ -103,6 +104,7 @@ class Subscriber:
         """Call ``on_reconnect`` once every subscription sent so far is in place (a
         PING's reply comes after theirs), or on the next reconnect if not connected."""
         if self._sock is None:
+            self._confirm_pending = True  # a first connection confirms too, then
             return
         self._confirming = True
         self._send(encode_command(b"PING"))
@@ -196,7 +198,8 @@ class Subscriber:
             self._sock = sock
             self.connected = True
             self._send_batched(self._subscribe, list(self.channels))
-            if self.reconnects and self.on_reconnect is not None:
+            if (self.reconnects or self._confirm_pending) and self.on_reconnect is not None:
+                self._confirm_pending = False
                 # Redis answers in order: once this PING's reply is read, every channel
                 # above is subscribed, so a replay read after it cannot miss an event
                 # that neither it nor the live stream carries.

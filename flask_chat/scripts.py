@@ -318,7 +318,9 @@ class Scripts:
     claim: Script
 
     def load(self, client: redis.Redis) -> None:
-        """SCRIPT LOAD every script (after a Redis restart or SCRIPT FLUSH)."""
+        """SCRIPT LOAD every script (after a Redis restart or SCRIPT FLUSH). On a cluster
+        redis-py sends SCRIPT LOAD to every master (a promoted replica has none: script
+        caches are not replicated)."""
         for f in fields(self):
             client.script_load(getattr(self, f.name).script)
 

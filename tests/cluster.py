@@ -114,6 +114,21 @@ class RedisCluster:
                     return int(parts[1].split("@")[0].rsplit(":", 1)[1])
         raise AssertionError(f"no master serves slot {slot}")
 
+    def replica_of(self, port: int) -> int:
+        """The port of a live replica of the master on ``port``."""
+        lines = str(_replies(port, "CLUSTER", "NODES")).splitlines()
+        master_id = next(line.split()[0] for line in lines if "myself" in line.split()[2])
+        for line in lines:
+            parts = line.split()
+            if parts[3] == master_id and "fail" not in parts[2]:
+                return int(parts[1].split("@")[0].rsplit(":", 1)[1])
+        raise AssertionError(f"the master on port {port} has no live replica")
+
+    def manual_failover(self, replica: int) -> None:
+        """A graceful failover: the replica on ``replica`` takes its master's slots over
+        (the old master stays up, as a replica)."""
+        _replies(replica, "CLUSTER", "FAILOVER")
+
     def kill(self, port: int) -> None:
         """kill -9 one node."""
         proc = self.procs[port]

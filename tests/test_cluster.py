@@ -4,6 +4,7 @@ messages are being sent."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -151,6 +152,20 @@ def test_chat_across_instances_survives_a_killed_master(
         who.wait_type("message", id=team["id"], timeout=15)
     assert hello["id"] in _history_ids(two.port, "bob", "1_User")
     assert team["id"] in _history_ids(one.port, "alice", "5_Group")
+    # The Juggernaut bridge's classic channel: a Rails PUBLISH on any node reaches it.
+    alice.send({"type": "subscribe", "channel": "channel_cluster"})
+    for port in cluster.live_ports():
+        node = redis.Redis(port=port)
+        doc = json.dumps({"channels": ["channel_cluster"], "data": f"via {port}"})
+
+        def delivered(doc: str = doc, node: redis.Redis = node) -> bool:
+            node.publish("juggernaut", doc)  # again until the subscribe is in place
+            alice.drain(0.2)
+            return any(f.get("type") == "juggernaut" and f["message"].get("data")
+                       == json.loads(doc)["data"] for f in alice.frames)
+
+        wait_for(delivered, timeout=15, what=f"a legacy publish on node {port}")
+        node.close()
     # RQ lives on its own Redis: the write-behind drain was enqueued there.
     assert redis.Redis.from_url(redis_url).exists("rq:queue:chat-persist")
     # Redis's own view: the shard channels have subscribers on the masters.
@@ -165,9 +180,9 @@ def test_chat_across_instances_survives_a_killed_master(
     acked: list[str] = []
     group_acked: list[str] = []
     deadline = time.monotonic() + 60
-    # Sent from another greenlet's point of view: alice's client keeps retrying while
-    # the cluster fails over, and the killed node comes back (as a replica: until then
-    # the promoted master has none, so WAIT cannot confirm a send and none is acked).
+    # Alice's client (a thread) keeps retrying while the cluster fails over and the
+    # killed node comes back (as a replica: until then the promoted master has none, so
+    # WAIT cannot confirm a send and none is acknowledged).
     sender = threading.Thread(target=lambda: acked.extend(
         _send(one.port, a_cookie, a_csrf, "2_User", f"during {i}", f"k-fo-{i}", deadline)["id"]
         for i in range(4)
@@ -190,11 +205,42 @@ def test_chat_across_instances_survives_a_killed_master(
              what="every acknowledged message on bob's websocket")
     wait_for(lambda: _has_received(carol, group_acked), timeout=30,
              what="the group message on carol's websocket")
+    # Bob's instance resubscribed his channels on the new master and caught up by itself.
+    _, metrics = http_json(two.port, "GET", "/metrics")
+    reconnects = [line for line in str(metrics).splitlines()
+                  if line.startswith("flask_chat_hub_reconnects_total ")]
+    assert reconnects and float(reconnects[0].split()[1]) >= 1, reconnects
     assert set(acked) <= set(_history_ids(two.port, "bob", "1_User"))
     assert set(group_acked) <= set(_history_ids(two.port, "bob", "5_Group"))
     # Each message once in the history, whatever the retries did.
     ids = _history_ids(one.port, "alice", "2_User")
     assert len(ids) == len(set(ids))
+
+
+def test_a_moved_slot_moves_its_channels(
+    cluster: RedisCluster, start: Start, redis_url: str, clients: Any
+) -> None:
+    """A graceful failover: the old master stays up and keeps the subscriber connected,
+    but drops its shard channels (Redis sends ``sunsubscribe``): the instance
+    subscribes them on the new master by itself, and delivery goes on."""
+    cluster.wait_ok()
+    settings = dict(CHAT_REDIS_CLUSTER=True, CHAT_RQ_REDIS_URL=redis_url)
+    one = start(cluster.url, **settings)
+    two = start(cluster.url, **settings)
+    bob = connect(clients, two, "bob")
+    cookie, csrf = csrf_session(one.port, "alice")
+    deadline = time.monotonic() + 60
+    first = _send(one.port, cookie, csrf, "2_User", "before", "k-mv-1", deadline)
+    bob.wait_type("message", id=first["id"], timeout=15)
+
+    master = cluster.master_of("chat:{u:2}:convs")
+    replica = cluster.replica_of(master)
+    cluster.manual_failover(replica)
+    wait_for(lambda: cluster.master_of("chat:{u:2}:convs") == replica, timeout=30,
+             what="the replica to take the slot over")
+    cluster.wait_ok()
+    later = _send(one.port, cookie, csrf, "2_User", "after the move", "k-mv-2", deadline)
+    bob.wait_type("message", id=later["id"], timeout=30)
 
 
 def test_wait_replicas_on_a_single_primary(tmp_path: Any) -> None:
@@ -213,7 +259,7 @@ def test_wait_replicas_on_a_single_primary(tmp_path: Any) -> None:
     try:
         url = f"redis://127.0.0.1:{port}/0"
         wait_for(lambda: port_open(port), what="the primary")
-        app = make_chat_app(url, CHAT_REDIS_WAIT_REPLICAS=1, CHAT_REDIS_WAIT_TIMEOUT_MS=200)
+        app = make_chat_app(url, CHAT_REDIS_WAIT_REPLICAS=1, CHAT_REDIS_WAIT_TIMEOUT_MS=2000)
         chat: Chat = app.extensions["chat"]
         with app.app_context():
             with pytest.raises(Unavailable, match="1 Redis replica"):
@@ -238,3 +284,47 @@ def test_wait_replicas_on_a_single_primary(tmp_path: Any) -> None:
         for proc in procs:
             proc.kill()
             proc.wait(timeout=20)
+
+
+def test_cache_presence_catch_up_and_persistence_on_the_cluster(
+    cluster: RedisCluster, redis_url: str
+) -> None:
+    """The rest of the Redis work, in process, on the cluster: group copies into online
+    members' caches (no raw RESP there), presence across slots, catch-up reads, the
+    write-behind drain and persist-then-clear, with RQ's jobs on the plain server."""
+    from conftest import make_chat_app, make_online
+
+    from flask_chat import catchup
+    from flask_chat.jobs import drain_write_behind, persist_users
+
+    app = make_chat_app(cluster.url, CHAT_REDIS_CLUSTER=True, CHAT_RQ_REDIS_URL=redis_url,
+                        CHAT_KEY_PREFIX="rest")
+    make_online(app, 1, 2, 3)
+    chat: Chat = app.extensions["chat"]
+    with app.app_context():
+        state = chat.state
+        one = chat.send_message(1, "2_User", "one to one")
+        team = chat.send_message(2, "5_Group", "to the team")
+        for uid in (1, 3):  # online members got their copy (on their own masters)
+            assert [m["id"] for m in chat.history(uid)["5_Group"]["messages"]] == [team.id]
+        assert chat.is_online(3)
+        assert state.presence.online_ids([1, 2, 3, 4]) == [1, 2, 3]
+        recovered, events = catchup.missed(state, 2, [5], format_before(one.id))
+        assert recovered
+        assert [json.loads(e)["id"] for e in events] == [one.id, team.id]
+        # The drain job was enqueued on RQ's server, not on the cluster.
+        assert redis.Redis.from_url(redis_url).llen("rq:queue:rest-persist") >= 1
+        assert drain_write_behind()["written"] >= 2
+        assert state.presence.disconnect(3, "test-3")
+        result = persist_users([3], clear=True)
+        assert result["cleared"] == 1
+        assert chat.history(3) == {}
+        assert [m["message_text"] for m in state.history.conversation_page(
+            3, __import__("flask_chat.conversations", fromlist=["x"]).ConversationKey.group(5),
+            None, 10)] == ["to the team"]
+
+
+def format_before(message_id: str) -> str:
+    """A position just before ``message_id`` (same ms, lower sequence)."""
+    ms, _, _ = message_id.partition("-")
+    return f"{int(ms) - 1}-9999"
