@@ -64,6 +64,9 @@ class ClusterSubscriber:
     #: Seconds between looks at the slot map while a channel's master is unreachable
     #: (a failover takes the cluster's node timeout and an election).
     RETRY = 0.25
+    #: Seconds after which a dropped channel is subscribed on the node that dropped it,
+    #: if the slot map still names that node.
+    HOMELESS_RETRY = 3.0
 
     def __init__(
         self,
@@ -88,6 +91,9 @@ class ClusterSubscriber:
         #: When each subscriber (by id) last lost its subscriptions, for the catch-up.
         self._lost_at: dict[int, float] = {}
         self._greenlets: dict[int, gevent.Greenlet] = {}
+        #: Shard channels a node dropped or refused (its slot moved): channel -> (that
+        #: node, when). Subscribed again once the slot map names another owner.
+        self._homeless: dict[bytes, tuple[str, float]] = {}
         self._dirty = Event()
         self._stopping = False
         self._started = False
@@ -129,6 +135,8 @@ class ClusterSubscriber:
         if not gone:
             return
         self.channels.difference_update(gone)
+        for channel in gone:
+            self._homeless.pop(channel, None)
         for sub in list(self.nodes.values()) + ([self.classic] if self.classic else []):
             mine = [c for c in gone if c in sub.channels]
             if mine:
@@ -175,8 +183,17 @@ class ClusterSubscriber:
         def reconnected() -> None:
             self._confirmed(sub)
 
+        name = f"{host}:{port}"
+
+        def dropped(channels: list[bytes]) -> None:
+            now = time.time()
+            for channel in channels:
+                if channel in self.channels:
+                    self._homeless.setdefault(channel, (name, now))
+
         sub = Subscriber(node_url(self.seed_url, host, port), self.on_message,
-                         on_reconnect=reconnected, sharded=True, on_trouble=self._trouble)
+                         on_reconnect=reconnected, sharded=True, on_trouble=self._trouble,
+                         on_dropped=dropped)
         return sub
 
     def _node(self, name: str) -> Subscriber:
@@ -222,8 +239,12 @@ class ClusterSubscriber:
         self._dirty.set()
 
     def _confirmed(self, sub: Subscriber) -> None:
-        """``sub``'s subscriptions are in place again: catch up from when they were lost."""
-        lost = self._lost_at.pop(id(sub), None)
+        """``sub``'s subscriptions are in place again: catch up from when they were lost
+        (the earliest loss not confirmed yet: a later confirmation may still be due for
+        channels moved here since, and replaying a little more is harmless)."""
+        lost = self._lost_at.get(id(sub))
+        if not sub.confirming:
+            self._lost_at.pop(id(sub), None)
         if lost is None:
             lost = sub.disconnected_at
         self.reconnects += 1
@@ -244,6 +265,17 @@ class ClusterSubscriber:
                     moved.setdefault(owner, []).append(channel)
                     lost = self._lost_at.get(id(sub), sub.disconnected_at or time.time())
                     lost_at[owner] = min(lost_at.get(owner, lost), lost)
+        now = time.time()
+        for channel, (refused_by, since) in list(self._homeless.items()):
+            owner = self._owner(channel)
+            if channel not in self.channels:
+                del self._homeless[channel]
+            elif owner != refused_by or now - since > self.HOMELESS_RETRY:
+                # The map names a new owner (or, after a while, try the same one again:
+                # a slot can come back).
+                del self._homeless[channel]
+                moved.setdefault(owner, []).append(channel)
+                lost_at[owner] = min(lost_at.get(owner, since), since)
         for owner, channels in moved.items():
             target = self._node(owner)
             target.subscribe(channels)
@@ -271,7 +303,7 @@ class ClusterSubscriber:
                 fresh.subscribe(wanted)
                 self._lost_at[id(fresh)] = lost
         subs = list(self.nodes.values()) + ([self.classic] if self.classic else [])
-        return all(s.connected for s in subs)
+        return not self._homeless and all(s.connected for s in subs)
 
 
 # -- acknowledged writes ------------------------------------------------------------------

@@ -47,6 +47,8 @@ class Subscriber:
     ``on_trouble``: called whenever the connection fails or is lost, when the server
     drops a channel this subscriber still wants (a ``sunsubscribe`` nobody asked for:
     its slot moved) and on an error reply (MOVED): the slot map must be looked at again.
+    ``on_dropped`` gets the channels the server dropped or refused (they are no longer
+    in :attr:`channels`).
     """
 
     #: Channels per SUBSCRIBE command when resubscribing many at once.
@@ -60,12 +62,14 @@ class Subscriber:
         max_backoff: float = 5.0,
         sharded: bool = False,
         on_trouble: Callable[[], None] | None = None,
+        on_dropped: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.url = url
         self.on_message = on_message
         self.on_reconnect = on_reconnect
         self.max_backoff = max_backoff
         self.on_trouble = on_trouble
+        self.on_dropped = on_dropped
         self._sharded = sharded
         self._subscribe = b"SSUBSCRIBE" if sharded else b"SUBSCRIBE"
         self._unsubscribe = b"SUNSUBSCRIBE" if sharded else b"UNSUBSCRIBE"
@@ -77,7 +81,9 @@ class Subscriber:
         #: When the connection was last lost (time.time()), for callers that must
         #: replay what was published while nobody listened.
         self.disconnected_at: float | None = None
-        self._confirming = False
+        #: PINGs sent to confirm subscriptions, not answered yet: each reply confirms
+        #: every subscription sent before its PING, and calls on_reconnect.
+        self._confirming = 0
         self._confirm_pending = False
         self._sock: socket.socket | None = None
         self._write_lock = Semaphore()
@@ -100,13 +106,18 @@ class Subscriber:
         self.channels.difference_update(gone)
         self._send_batched(self._unsubscribe, gone)
 
+    @property
+    def confirming(self) -> bool:
+        """Whether a confirmation is still to come (a PING sent, or due on connect)."""
+        return bool(self._confirming or self._confirm_pending)
+
     def confirm(self) -> None:
         """Call ``on_reconnect`` once every subscription sent so far is in place (a
         PING's reply comes after theirs), or on the next reconnect if not connected."""
         if self._sock is None:
             self._confirm_pending = True  # a first connection confirms too, then
             return
-        self._confirming = True
+        self._confirming += 1
         self._send(encode_command(b"PING"))
 
     def _send_batched(self, command: bytes, channels: list[bytes]) -> None:
@@ -203,7 +214,7 @@ class Subscriber:
                 # Redis answers in order: once this PING's reply is read, every channel
                 # above is subscribed, so a replay read after it cannot miss an event
                 # that neither it nor the live stream carries.
-                self._confirming = True
+                self._confirming = 1
                 self._send(encode_command(b"PING"))
             self._ready.set()
             try:
@@ -213,7 +224,7 @@ class Subscriber:
                     log.warning("flask-chat: Redis subscriber lost its connection (%s)", exc)
             finally:
                 self.disconnected_at = time.time()
-                self._confirming = False
+                self._confirming = 0  # the next connection confirms everything again
                 self.connected = False
                 self._ready.clear()
                 self._sock = None
@@ -244,21 +255,41 @@ class Subscriber:
                         log.exception("flask-chat: error while delivering a pub/sub message")
                 elif isinstance(reply, Exception):
                     log.warning("flask-chat: Redis subscriber got an error reply: %s", reply)
-                    self._trouble()
+                    self._refused(str(reply))
                 elif (
                     isinstance(reply, list)
                     and reply[:1] == [self._dropped]
                     and reply[1] in self.channels
                 ):
                     # Dropped by the server while still wanted (sharded: the slot moved).
-                    self._trouble()
+                    self._drop([reply[1]])
                 elif self._confirming and isinstance(reply, list) and reply[:1] == [b"pong"]:
-                    self._confirming = False
+                    self._confirming -= 1
                     if self.on_reconnect is not None:
                         try:
                             self.on_reconnect()
                         except Exception:
                             log.exception("flask-chat: the subscriber's reconnect hook failed")
+
+    def _refused(self, error: str) -> None:
+        """An error reply. ``MOVED <slot> <node>`` to an SSUBSCRIBE: this node does not
+        serve that slot (any more), so its channels are not subscribed here."""
+        parts = error.split()
+        if self._sharded and len(parts) == 3 and parts[0] == "MOVED" and parts[1].isdigit():
+            slot = int(parts[1])
+            self._drop([c for c in self.channels if key_slot(c) == slot])
+        else:
+            self._trouble()
+
+    def _drop(self, channels: list[bytes]) -> None:
+        """Channels the server does not hold for us: forget them, and say so."""
+        self.channels.difference_update(channels)
+        if self.on_dropped is not None:
+            try:
+                self.on_dropped(channels)
+            except Exception:
+                log.exception("flask-chat: the subscriber's dropped-channels hook failed")
+        self._trouble()
 
     def _trouble(self) -> None:
         if self.on_trouble is not None:
