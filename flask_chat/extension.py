@@ -316,11 +316,14 @@ class Chat:
         cluster: RedisCluster | None = None
         max_connections = _positive_int(app.config, "CHAT_REDIS_MAX_CONNECTIONS")
         if config.redis_cluster:
-            # One pool per node; a slot map refreshed on MOVED and on connection errors.
+            # One pool per node, blocking as below; the slot map is refreshed on MOVED
+            # and on connection errors.
             cluster = RedisCluster.from_url(
                 config.redis_url,
                 decode_responses=True,
                 max_connections=max_connections,
+                connection_pool_class=redis.BlockingConnectionPool,
+                timeout=10,
             )
             client = cast(redis.Redis, cluster)
         else:

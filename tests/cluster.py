@@ -68,6 +68,7 @@ class RedisCluster:
              "--cluster-enabled", "yes", "--cluster-port", str(bus),
              "--cluster-config-file", "nodes.conf",
              "--cluster-node-timeout", "1500", "--appendonly", "no", "--save", "",
+             "--repl-diskless-sync-delay", "0",
              "--logfile", "redis.log"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -95,9 +96,17 @@ class RedisCluster:
         return [p for p, proc in self.procs.items() if proc.poll() is None]
 
     def wait_ok(self, timeout: float = 60) -> None:
-        """Every live node says the cluster is ok and every slot has a live master."""
-        wait_for(lambda: all(self._state_ok(p) for p in self.live_ports()),
-                 timeout=timeout, what="cluster_state:ok on every node")
+        """Every live node says the cluster is ok, and every live replica is in sync with
+        its master (so that WAIT can be answered)."""
+        wait_for(lambda: all(self._state_ok(p) and self._synced(p) for p in self.live_ports()),
+                 timeout=timeout, what="cluster_state:ok and replicas in sync on every node")
+
+    def _synced(self, port: int) -> bool:
+        try:
+            info = redis.Redis(port=port, socket_timeout=2).info("replication")
+        except redis.RedisError:
+            return False
+        return info.get("role") != "slave" or info.get("master_link_status") == "up"
 
     def master_of(self, key: str) -> int:
         """The port of the live master serving ``key``'s slot."""
