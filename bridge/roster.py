@@ -17,6 +17,8 @@ from typing import Any
 
 import redis
 
+from flask_chat.scripts import command
+
 from . import protocol
 
 _META = "meta"
@@ -52,7 +54,9 @@ class Roster:
             self._meta(pipe, key, meta)
         pipe.zadd(self.sessions_key, {session_id: time.time() + self.ttl})
         if event is not None:
-            pipe.publish(*event)
+            # Classic pub/sub (Juggernaut's channels): cluster-wide on Redis Cluster too.
+            # Not pipe.publish, which redis-py's cluster pipeline refuses.
+            command(pipe, "PUBLISH", *event)
         pipe.execute()
 
     def remove(self, session_id: str, channel: str | None,
@@ -62,7 +66,7 @@ class Roster:
         pipe.hdel(self._key(session_id), _field(channel))
         pipe.zadd(self.sessions_key, {session_id: time.time() + self.ttl})
         if event is not None:
-            pipe.publish(*event)
+            command(pipe, "PUBLISH", *event)
         pipe.execute()
 
     def set_meta(self, session_id: str, meta: Any) -> None:

@@ -28,7 +28,7 @@ from redis.exceptions import NoScriptError
 
 from .conversations import ConversationKey
 from .keys import Keys
-from .scripts import CLEAR, Scripts, queue
+from .scripts import CLEAR, Scripts, command, queue
 
 History = dict[str, dict[str, Any]]
 
@@ -67,8 +67,12 @@ class ChatCache:
         scripts: Scripts,
         history_limit: int,
         retention: int = 3600,
+        cluster: bool = False,
     ) -> None:
         self.client = client
+        #: On Redis Cluster: no raw pooled connection (keys live on several nodes), and
+        #: events go out with SPUBLISH.
+        self.cluster = cluster
         self.keys = keys
         self.scripts = scripts
         self.history_limit = history_limit
@@ -120,7 +124,7 @@ class ChatCache:
                 pipe.rpush(self.keys.persist_queue(), persist)
                 pipe.ltrim(self.keys.persist_queue(), -persist_max, -1)
             for channel, payload in publish:
-                pipe.publish(channel, payload)
+                command(pipe, "SPUBLISH" if self.cluster else "PUBLISH", channel, payload)
 
         results = self.scripts.run(self.client, build)
         count = len(entries)
@@ -136,13 +140,24 @@ class ChatCache:
         redis-py's packing costs ~20 µs a command, and a big group has thousands."""
         if not user_ids:
             return
+        args = (conversation, message_id, body, self.history_limit, score, self.retention, 1)
+        if self.cluster:
+            # The members' keys live on several nodes: a cluster pipeline splits the calls
+            # per node (each call's keys are one user's, so one slot).
+            def build(pipe: Pipeline) -> None:
+                for uid in user_ids:
+                    queue(pipe, self.scripts.append,
+                          self.keys.conversation_keys(uid, conversation), args)
+                pipe.sadd(self.keys.cached_users(), *user_ids)
+
+            self.scripts.run(self.client, build)
+            return
 
         def bulk(value: str | bytes | int) -> bytes:
             data = value.encode() if isinstance(value, str) else (
                 value if isinstance(value, bytes) else str(value).encode())
             return b"$%d\r\n%s\r\n" % (len(data), data)
 
-        args = (conversation, message_id, body, self.history_limit, score, self.retention, 1)
         head = b"*%d\r\n" % (3 + 5 + len(args))
         head += bulk("EVALSHA") + bulk(self.scripts.append.sha) + bulk(5)
         tail = b"".join(bulk(a) for a in args)

@@ -3,7 +3,8 @@ state, group membership. (Messages are published by :mod:`flask_chat.messaging`,
 same round trip as their cache writes.)
 
 Every event goes to the fewest channels that reach its audience: a group's channel
-reaches all its online members with one PUBLISH, never one per member.
+reaches all its online members with one PUBLISH, never one per member. On Redis Cluster
+it is SPUBLISH (sharded pub/sub: only the channel's shard carries it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import protocol
 from .conversations import ConversationKey
+from .scripts import command
 
 if TYPE_CHECKING:
     from .extension import Chat, ChatState
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 def publish(state: ChatState, channels: Iterable[str], payload: bytes) -> None:
     pipe = state.redis.pipeline(transaction=False)
     for channel in dict.fromkeys(channels):
-        pipe.publish(channel, payload)
+        command(pipe, state.publish_command, channel, payload)
     pipe.execute()
 
 
@@ -69,9 +71,11 @@ def membership(
     """Tell each affected user's connections to join or leave the group's channel."""
     pipe = state.redis.pipeline(transaction=False)
     for uid in added:
-        pipe.publish(state.keys.user_channel(uid), protocol.membership(group_id, True))
+        command(pipe, state.publish_command, state.keys.user_channel(uid),
+                             protocol.membership(group_id, True))
     for uid in removed:
-        pipe.publish(state.keys.user_channel(uid), protocol.membership(group_id, False))
+        command(pipe, state.publish_command, state.keys.user_channel(uid),
+                             protocol.membership(group_id, False))
     pipe.execute()
 
 
@@ -83,7 +87,7 @@ def logout(state: ChatState, user_id: int) -> None:
     pipe.incr(key)
     # Tokens older than this are refused by their age anyway; after it, the key may go.
     pipe.expire(key, state.config.token_max_age + 60)
-    pipe.publish(state.keys.user_channel(user_id), protocol.LOGOUT)
+    command(pipe, state.publish_command, state.keys.user_channel(user_id), protocol.LOGOUT)
     pipe.execute()
 
 

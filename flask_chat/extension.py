@@ -6,12 +6,13 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
 from flask import Flask, current_app, has_request_context
 from flask import session as flask_session
 from redis import Redis
+from redis.cluster import RedisCluster
 
 from . import database, directory, messaging
 from .cache import ChatCache
@@ -45,6 +46,10 @@ F = TypeVar("F")
 DEFAULTS: dict[str, Any] = {
     "CHAT_REDIS_URL": None,
     "CHAT_REDIS_MAX_CONNECTIONS": 64,
+    "CHAT_REDIS_CLUSTER": False,
+    "CHAT_REDIS_WAIT_REPLICAS": 0,
+    "CHAT_REDIS_WAIT_TIMEOUT_MS": 1000,
+    "CHAT_RQ_REDIS_URL": None,
     "CHAT_EMBEDDED_REDIS": None,
     "CHAT_URL_PREFIX": "/chats",
     "CHAT_KEY_PREFIX": "chat",
@@ -85,6 +90,12 @@ class ChatConfig:
     """The validated ``CHAT_*`` settings of one app."""
 
     redis_url: str
+    redis_cluster: bool
+    #: Replicas that must hold a send's writes before it is acknowledged (0: off).
+    wait_replicas: int
+    wait_timeout_ms: int
+    #: RQ's and rq-scheduler's Redis (a plain server: RQ does not run on a cluster).
+    rq_redis_url: str
     url_prefix: str
     key_prefix: str
     max_message_length: int
@@ -122,6 +133,8 @@ class ChatState:
     """What flask-chat keeps per app: its settings and its Redis plumbing."""
 
     config: ChatConfig
+    #: The client for everything but RQ. On Redis Cluster it is a ``RedisCluster``
+    #: (same command methods; see :attr:`cluster`), typed as ``Redis`` for the callers.
     redis: redis.Redis
     keys: Keys
     scripts: Scripts
@@ -137,6 +150,13 @@ class ChatState:
     #: websocket frame types, and callbacks run when the process's hub starts.
     frame_handlers: dict[str, Callable[[Any, dict[str, Any]], None]] = field(default_factory=dict)
     hub_listeners: list[Callable[[Hub], None]] = field(default_factory=list)
+    #: The same client as :attr:`redis` when it is a Redis Cluster client, else None.
+    cluster: RedisCluster | None = None
+
+    @property
+    def publish_command(self) -> str:
+        """How events are published: sharded pub/sub on a cluster, classic otherwise."""
+        return "SPUBLISH" if self.cluster is not None else "PUBLISH"
 
 
 def _positive_int(config: dict[str, Any], name: str) -> int:
@@ -197,7 +217,20 @@ class Chat:
             Redis for the cache, presence and pub/sub. Required unless the embedded
             server is on.
         ``CHAT_REDIS_MAX_CONNECTIONS`` (64)
-            Redis connections per process; greenlets beyond it wait for one.
+            Redis connections per process (per node on a cluster); greenlets beyond
+            it wait for one.
+        ``CHAT_REDIS_CLUSTER`` (False)
+            ``CHAT_REDIS_URL`` names a node of a Redis Cluster (any node: the others
+            are discovered). Events go over sharded pub/sub; ``CHAT_RQ_REDIS_URL`` is
+            then required.
+        ``CHAT_RQ_REDIS_URL`` (None)
+            The plain Redis server of RQ and rq-scheduler. None: ``CHAT_REDIS_URL``
+            (not allowed on a cluster, which RQ does not support).
+        ``CHAT_REDIS_WAIT_REPLICAS`` (0), ``CHAT_REDIS_WAIT_TIMEOUT_MS`` (1000)
+            A send is acknowledged only once this many replicas of every Redis node
+            it wrote to hold its writes (``WAIT``), so a failover loses no
+            acknowledged message; fewer within the timeout: 503 ``unavailable``
+            (retry with the same idempotency key). 0 switches it off.
         ``CHAT_EMBEDDED_REDIS`` (None)
             Start a bundled ``redis-server`` when ``CHAT_REDIS_URL`` is unset. None means
             "in debug mode only". Needs ``flask-chat[embedded]``.
@@ -280,16 +313,30 @@ class Chat:
         for name, value in DEFAULTS.items():
             app.config.setdefault(name, self._options.get(name, value))
         config = self._read_config(app)
-        # A blocking pool: under load, greenlets wait for a connection (up to the
-        # timeout) instead of failing once CHAT_REDIS_MAX_CONNECTIONS are in use.
-        client = redis.Redis(
-            connection_pool=redis.BlockingConnectionPool.from_url(
+        cluster: RedisCluster | None = None
+        max_connections = _positive_int(app.config, "CHAT_REDIS_MAX_CONNECTIONS")
+        if config.redis_cluster:
+            # One pool per node, blocking as below; the slot map is refreshed on MOVED
+            # and on connection errors.
+            cluster = RedisCluster.from_url(
                 config.redis_url,
                 decode_responses=True,
-                max_connections=app.config["CHAT_REDIS_MAX_CONNECTIONS"],
+                max_connections=max_connections,
+                connection_pool_class=redis.BlockingConnectionPool,
                 timeout=10,
             )
-        )
+            client = cast(redis.Redis, cluster)
+        else:
+            # A blocking pool: under load, greenlets wait for a connection (up to the
+            # timeout) instead of failing once CHAT_REDIS_MAX_CONNECTIONS are in use.
+            client = redis.Redis(
+                connection_pool=redis.BlockingConnectionPool.from_url(
+                    config.redis_url,
+                    decode_responses=True,
+                    max_connections=max_connections,
+                    timeout=10,
+                )
+            )
         keys = Keys(config.key_prefix)
         scripts = Scripts.register(client)
         if config.database_url:
@@ -304,10 +351,12 @@ class Chat:
             redis=client,
             keys=keys,
             scripts=scripts,
-            cache=ChatCache(client, keys, scripts, config.history_limit, config.catchup_retention),
+            cache=ChatCache(client, keys, scripts, config.history_limit, config.catchup_retention,
+                            cluster=cluster is not None),
             windows=Windows(client, keys),
             presence=Presence(client, keys, config.presence_ttl),
             history=HistoryStore(engine),
+            cluster=cluster,
         )
         app.extensions["chat"] = self
         self._connect_login_signals(app)
@@ -343,6 +392,16 @@ class Chat:
                 "CHAT_KEY_PREFIX must be a non-empty string without braces, '*' or "
                 f"spaces, not {key_prefix!r}."
             )
+        clustered = c["CHAT_REDIS_CLUSTER"]
+        if not isinstance(clustered, bool):
+            raise ConfigurationError(
+                f"CHAT_REDIS_CLUSTER must be True or False, not {clustered!r}."
+            )
+        if clustered and not c["CHAT_REDIS_URL"]:
+            raise ConfigurationError(
+                "CHAT_REDIS_CLUSTER needs CHAT_REDIS_URL: the URL of any node of the "
+                "cluster (e.g. 'redis://10.0.0.1:6379/0')."
+            )
         url = c["CHAT_REDIS_URL"]
         if not url:
             embedded = c["CHAT_EMBEDDED_REDIS"]
@@ -360,8 +419,37 @@ class Chat:
                     "'redis://localhost:6379/0'), or set CHAT_EMBEDDED_REDIS = True to "
                     "start a bundled server for development."
                 )
+        rq_url = c["CHAT_RQ_REDIS_URL"]
+        if rq_url is not None and (not isinstance(rq_url, str) or not rq_url):
+            raise ConfigurationError(
+                f"CHAT_RQ_REDIS_URL must be a Redis URL (or None), not {rq_url!r}."
+            )
+        if clustered:
+            if not rq_url:
+                raise ConfigurationError(
+                    "CHAT_REDIS_CLUSTER needs CHAT_RQ_REDIS_URL: RQ does not run on Redis "
+                    "Cluster, so its queues need a plain Redis server of their own."
+                )
+            if rq_url == url:
+                raise ConfigurationError(
+                    "CHAT_RQ_REDIS_URL must name a plain Redis server, not the cluster "
+                    "of CHAT_REDIS_URL."
+                )
+        wait_replicas = c["CHAT_REDIS_WAIT_REPLICAS"]
+        if (
+            not isinstance(wait_replicas, int)
+            or isinstance(wait_replicas, bool)
+            or wait_replicas < 0
+        ):
+            raise ConfigurationError(
+                f"CHAT_REDIS_WAIT_REPLICAS must be an integer of at least 0, not {wait_replicas!r}."
+            )
         return ChatConfig(
             redis_url=url,
+            redis_cluster=clustered,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=_positive_int(c, "CHAT_REDIS_WAIT_TIMEOUT_MS"),
+            rq_redis_url=rq_url or url,
             url_prefix=prefix,
             key_prefix=key_prefix,
             max_message_length=_positive_int(c, "CHAT_MAX_MESSAGE_LENGTH"),

@@ -18,6 +18,7 @@ import gevent
 from gevent.event import Event
 
 from . import catchup, protocol
+from .cluster import ClusterSubscriber
 from .connection import PING_FRAME, Connection
 from .ids import format_id
 from .metrics import METRICS
@@ -46,9 +47,18 @@ class Hub:
         self.state = state
         self.keys = state.keys
         self.on_presence_change = on_presence_change
-        self.subscriber = Subscriber(
-            state.config.redis_url, self.dispatch, on_reconnect=self._on_reconnect
-        )
+        self.subscriber: Subscriber | ClusterSubscriber
+        if state.cluster is not None:
+            # One connection per master, sharded pub/sub (see cluster.py).
+            self.subscriber = ClusterSubscriber(
+                state.cluster, state.config.redis_url,
+                f"{state.keys.prefix}:ch:{{".encode(), self.dispatch,
+                on_reconnect=self._on_reconnect,
+            )
+        else:
+            self.subscriber = Subscriber(
+                state.config.redis_url, self.dispatch, on_reconnect=self._on_reconnect
+            )
         self.channels: dict[bytes, set[Connection]] = {}
         self.connections: dict[str, Connection] = {}
         self.by_user: dict[int, set[Connection]] = {}
@@ -206,11 +216,17 @@ class Hub:
             # close too: they were the user's.
             conn.close(protocol.CLOSE_LOGGED_OUT, "logged out")
 
-    def _on_reconnect(self) -> None:
+    def _on_reconnect(self, lost_at: float | None = None) -> None:
         """The subscriber is back and subscribed again: whatever was published while it
-        was away reached no local socket, so every connection catches up, unasked."""
+        was away reached no local socket, so every connection catches up, unasked.
+
+        ``lost_at``: on a cluster, when the subscriptions just restored (some channels
+        only) were lost. The highest id seen may come from other masters' channels, which
+        kept flowing, so the catch-up starts from that time instead."""
         METRICS.hub_reconnects.inc()
-        if self.last_id:
+        if lost_at is not None:
+            position = format_id(int((lost_at - RESYNC_MARGIN) * 1000), 0)
+        elif self.last_id:
             position = self.last_id.decode()
         else:
             lost = self.subscriber.disconnected_at or time.time()

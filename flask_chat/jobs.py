@@ -49,9 +49,10 @@ def _chat() -> tuple[Chat, ChatState]:
 
 
 def rq_connection(state: ChatState) -> redis.Redis:
-    """RQ needs a client that returns bytes; flask-chat's own decodes to str."""
+    """RQ's client: on ``CHAT_RQ_REDIS_URL`` (a plain server; RQ does not run on Redis
+    Cluster), returning bytes as RQ needs (flask-chat's own decodes to str)."""
     if state.rq_redis is None:
-        state.rq_redis = redis.Redis.from_url(state.config.redis_url)
+        state.rq_redis = redis.Redis.from_url(state.config.rq_redis_url)
     return state.rq_redis
 
 

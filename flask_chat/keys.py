@@ -37,10 +37,15 @@ on a cluster)::
     chat:deadletter               HASH   records that could not be persisted (bad data):
                                          "<source>:..." -> the record, its error, when
 
-Pub/sub channels (one subscriber connection per process listens to what it needs)::
+Pub/sub channels (one subscriber connection per process listens to what it needs;
+on Redis Cluster, one per master, with sharded pub/sub)::
 
-    chat:ch:u:1                   events for user 1 (all their connections)
-    chat:ch:g:5                   events for group 5's online members
+    chat:ch:{u:1}                 events for user 1 (all their connections)
+    chat:ch:{g:5}                 events for group 5's online members
+
+A channel carries its owner's hash tag, so it lives in the slot of the owner's keys:
+the script that stores a message publishes it on the owner's channel in the same step,
+which Redis Cluster allows only for a shard channel of the script's own slot.
 """
 
 from __future__ import annotations
@@ -162,10 +167,10 @@ class Keys:
         return f"{self.prefix}:online"
 
     def user_channel(self, user_id: int) -> str:
-        return f"{self.prefix}:ch:u:{user_id}"
+        return f"{self.prefix}:ch:{{u:{user_id}}}"
 
     def group_channel(self, group_id: int) -> str:
-        return f"{self.prefix}:ch:g:{group_id}"
+        return f"{self.prefix}:ch:{{g:{group_id}}}"
 
     def user_pattern(self) -> str:
         """A SCAN pattern matching every per-user key of this prefix."""

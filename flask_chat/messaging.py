@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from redis.client import Pipeline
 
 from . import protocol
+from .cluster import run_acknowledged
 from .conversations import ConversationKey, valid_user_id
 from .errors import ChatError, Forbidden, NotFound, ValidationError
 from .ids import format_id, id_time, iso_utc
@@ -316,11 +317,14 @@ def _deliver(
             owners += [(uid, str(conversation), "received") for uid in recipients]
         record = json.dumps({"m": json.loads(event), "v": owners}).encode()
 
+    sharded = 1 if state.cluster is not None else 0
+
     def build(pipe: Pipeline) -> None:
         for store_keys, conv, body, spill, channel, payload in stores:
             queue(pipe, scripts.deliver, store_keys, [
                 conv, message_id, body, config.history_limit, score,
                 config.catchup_retention, spill, channel, payload, config.catchup_retention,
+                sharded,
             ])
         # After the appends, so a concurrent clear() can never leave a user with a
         # cache outside the set (clear removes from the set before it removes data).
@@ -329,7 +333,8 @@ def _deliver(
             pipe.rpush(keys.persist_queue(), record)
             pipe.ltrim(keys.persist_queue(), -100_000, -1)
 
-    results = scripts.run(state.redis, build)
+    # With CHAT_REDIS_WAIT_REPLICAS, on replicas too before the send is acknowledged.
+    results = run_acknowledged(state, build)
     if copies:
         state.cache.append_to_many(copies, str(conversation), message_id, received, score)
     if record is not None:

@@ -17,11 +17,15 @@ a process died — publishes the offline event, exactly once.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import redis
+from redis.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from .keys import Keys
+from .scripts import queue
 
 #: Remove a connection and report how many of the user's connections are still alive.
 #: KEYS: [conns zset]; ARGV: [connection id, now]. Guarantee: expired members are
@@ -89,10 +93,11 @@ class Presence:
         if int(alive):
             return False
         # Nobody else holds a live connection: expire the online entry now.
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(self.keys.online(), {str(user_id): now}, xx=True)
-        self._reap(keys=[self.keys.online()], args=[user_id, now], client=pipe)
-        return bool(pipe.execute()[1])
+        def build(pipe: Pipeline) -> None:
+            pipe.zadd(self.keys.online(), {str(user_id): now}, xx=True)
+            queue(pipe, self._reap, [self.keys.online()], [user_id, now])
+
+        return bool(self._run(build)[1])
 
     def reap(self, batch: int = 500) -> list[int]:
         """Users whose every connection expired (their instance died): take them off the
@@ -110,11 +115,29 @@ class Presence:
         for uid in expired:
             pipe.zcount(self.keys.connections(uid), now, "+inf")
         alive = pipe.execute()
-        pipe = self.client.pipeline(transaction=False)
         candidates = [uid for uid, n in zip(expired, alive, strict=True) if not n]
-        for uid in candidates:
-            self._reap(keys=[self.keys.online()], args=[uid, now], client=pipe)
-        return [uid for uid, removed in zip(candidates, pipe.execute(), strict=True) if removed]
+        if not candidates:
+            return []
+
+        def build(pipe: Pipeline) -> None:
+            for uid in candidates:
+                queue(pipe, self._reap, [self.keys.online()], [uid, now])
+
+        return [uid for uid, removed in zip(candidates, self._run(build), strict=True) if removed]
+
+    def _run(self, build: Callable[[Pipeline], None]) -> list[Any]:
+        """A pipeline holding ``_REAP`` calls, loading the script once after NOSCRIPT (a
+        restarted or newly promoted Redis); the calls are safe to run twice."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            build(pipe)
+            try:
+                return list(pipe.execute())
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                self.client.script_load(_REAP)
+        raise AssertionError("unreachable")
 
     def live_connections(self, user_id: int) -> int:
         """How many unexpired connections the user holds, on every instance."""

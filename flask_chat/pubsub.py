@@ -25,6 +25,7 @@ import hiredis
 from gevent.event import Event
 from gevent.lock import Semaphore
 from redis.connection import parse_url
+from redis.crc import key_slot
 
 log = logging.getLogger("flask_chat.pubsub")
 
@@ -42,7 +43,16 @@ def encode_command(*args: bytes | str) -> bytes:
 
 
 class Subscriber:
-    """Subscribe to channels on one connection; hand every message to ``on_message``."""
+    """Subscribe to channels on one connection; hand every message to ``on_message``.
+
+    ``sharded``: Redis 7's sharded pub/sub (SSUBSCRIBE, ``smessage``) on one node of a
+    cluster, for :class:`flask_chat.cluster.ClusterSubscriber`, which also passes
+    ``on_trouble``: called whenever the connection fails or is lost, when the server
+    drops a channel this subscriber still wants (a ``sunsubscribe`` nobody asked for:
+    its slot moved) and on an error reply (MOVED): the slot map must be looked at again.
+    ``on_dropped`` gets the channels the server dropped or refused (they are no longer
+    in :attr:`channels`).
+    """
 
     #: Channels per SUBSCRIBE command when resubscribing many at once.
     BATCH = 500
@@ -53,11 +63,21 @@ class Subscriber:
         on_message: OnMessage,
         on_reconnect: Callable[[], None] | None = None,
         max_backoff: float = 5.0,
+        sharded: bool = False,
+        on_trouble: Callable[[], None] | None = None,
+        on_dropped: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.url = url
         self.on_message = on_message
         self.on_reconnect = on_reconnect
         self.max_backoff = max_backoff
+        self.on_trouble = on_trouble
+        self.on_dropped = on_dropped
+        self._sharded = sharded
+        self._subscribe = b"SSUBSCRIBE" if sharded else b"SUBSCRIBE"
+        self._unsubscribe = b"SUNSUBSCRIBE" if sharded else b"UNSUBSCRIBE"
+        self._message = b"smessage" if sharded else b"message"
+        self._dropped = b"sunsubscribe" if sharded else b"unsubscribe"
         self.channels: set[bytes] = set()
         self.connected = False
         self.reconnects = 0
@@ -67,6 +87,8 @@ class Subscriber:
         #: What to run at each PING reply, in the order the PINGs were sent (and
         #: whether to run it anyway when the connection is lost first).
         self._pongs: deque[tuple[Callable[[], None], bool]] = deque()
+        #: A replay (``on_reconnect``) is due on the next connect.
+        self._confirm_pending = False
         self._sock: socket.socket | None = None
         self._write_lock = Semaphore()
         self._stopping = False
@@ -82,7 +104,7 @@ class Subscriber:
         if not new:
             return None
         self.channels.update(new)
-        self._send_batched(b"SUBSCRIBE", new)
+        self._send_batched(self._subscribe, new)
         return self.confirm()
 
     def confirm(self) -> Event:
@@ -108,16 +130,39 @@ class Subscriber:
                 pass  # the reader sees the loss and runs the callbacks that want it
         return True
 
+    @property
+    def confirming(self) -> bool:
+        """Whether a replay confirmation is still to come (a PING sent, or due on connect)."""
+        return self._confirm_pending or any(not on_loss for _, on_loss in self._pongs)
+
+    def replay_when_confirmed(self) -> None:
+        """Call ``on_reconnect`` once every subscription sent so far is in place (a
+        PING's reply comes after theirs), or on the next connect if not connected."""
+        if not self._ping(self._reconnected, on_loss=False):
+            self._confirm_pending = True  # a first connection confirms too, then
+
     def unsubscribe(self, channels: Iterable[bytes]) -> None:
         gone = [c for c in channels if c in self.channels]
         if not gone:
             return
         self.channels.difference_update(gone)
-        self._send_batched(b"UNSUBSCRIBE", gone)
+        self._send_batched(self._unsubscribe, gone)
 
     def _send_batched(self, command: bytes, channels: list[bytes]) -> None:
         if self._sock is None:
             return  # sent on (re)connect
+        if self._sharded:
+            # One SSUBSCRIBE may only name channels of one slot: one command per slot,
+            # all in one write.
+            by_slot: dict[int, list[bytes]] = {}
+            for channel in channels:
+                by_slot.setdefault(key_slot(channel), []).append(channel)
+            self._send(b"".join(
+                encode_command(command, *group[i : i + self.BATCH])
+                for group in by_slot.values()
+                for i in range(0, len(group), self.BATCH)
+            ))
+            return
         for i in range(0, len(channels), self.BATCH):
             self._send(encode_command(command, *channels[i : i + self.BATCH]))
 
@@ -179,6 +224,7 @@ class Subscriber:
                 sock = self._connect()
             except OSError as exc:
                 failures += 1
+                self._trouble()
                 delay = min(self.max_backoff, 0.05 * 2**failures) * random.uniform(0.5, 1.0)
                 if failures == 1:
                     log.warning("flask-chat: Redis subscriber cannot connect (%s); retrying", exc)
@@ -190,8 +236,9 @@ class Subscriber:
             failures = 0
             self._sock = sock
             self.connected = True
-            self._send_batched(b"SUBSCRIBE", list(self.channels))
-            if self.reconnects and self.on_reconnect is not None:
+            self._send_batched(self._subscribe, list(self.channels))
+            if (self.reconnects or self._confirm_pending) and self.on_reconnect is not None:
+                self._confirm_pending = False
                 # Redis answers in order: once this PING's reply is read, every channel
                 # above is subscribed, so a replay read after it cannot miss an event
                 # that neither it nor the live stream carries.
@@ -213,6 +260,8 @@ class Subscriber:
                 self._ready.clear()
                 self._sock = None
                 sock.close()
+            if not self._stopping:
+                self._trouble()
             failures = 1
             if not self._stopping:
                 gevent.sleep(random.uniform(0.02, 0.1))
@@ -220,6 +269,7 @@ class Subscriber:
     def _read(self, sock: socket.socket) -> None:
         reader = hiredis.Reader()
         on_message = self.on_message
+        kind = self._message
         while True:
             data = sock.recv(262144)
             if not data:
@@ -229,13 +279,21 @@ class Subscriber:
                 reply = reader.gets()
                 if reply is False:
                     break
-                if isinstance(reply, list) and reply and reply[0] == b"message":
+                if isinstance(reply, list) and reply and reply[0] == kind:
                     try:
                         on_message(reply[1], reply[2])
                     except Exception:
                         log.exception("flask-chat: error while delivering a pub/sub message")
                 elif isinstance(reply, Exception):
                     log.warning("flask-chat: Redis subscriber got an error reply: %s", reply)
+                    self._refused(str(reply))
+                elif (
+                    isinstance(reply, list)
+                    and reply[:1] == [self._dropped]
+                    and reply[1] in self.channels
+                ):
+                    # Dropped by the server while still wanted (sharded: the slot moved).
+                    self._drop([reply[1]])
                 elif isinstance(reply, list) and reply[:1] == [b"pong"] and self._pongs:
                     callback, _ = self._pongs.popleft()
                     callback()
@@ -246,6 +304,33 @@ class Subscriber:
                 self.on_reconnect()
             except Exception:
                 log.exception("flask-chat: the subscriber's reconnect hook failed")
+
+    def _refused(self, error: str) -> None:
+        """An error reply. ``MOVED <slot> <node>`` to an SSUBSCRIBE: this node does not
+        serve that slot (any more), so its channels are not subscribed here."""
+        parts = error.split()
+        if self._sharded and len(parts) == 3 and parts[0] == "MOVED" and parts[1].isdigit():
+            slot = int(parts[1])
+            self._drop([c for c in self.channels if key_slot(c) == slot])
+        else:
+            self._trouble()
+
+    def _drop(self, channels: list[bytes]) -> None:
+        """Channels the server does not hold for us: forget them, and say so."""
+        self.channels.difference_update(channels)
+        if self.on_dropped is not None:
+            try:
+                self.on_dropped(channels)
+            except Exception:
+                log.exception("flask-chat: the subscriber's dropped-channels hook failed")
+        self._trouble()
+
+    def _trouble(self) -> None:
+        if self.on_trouble is not None:
+            try:
+                self.on_trouble()
+            except Exception:
+                log.exception("flask-chat: the subscriber's trouble hook failed")
 
     def stop(self) -> None:
         self._stopping = True

@@ -1,15 +1,16 @@
 """The Lua scripts behind flask-chat's atomic Redis updates, registered in one place.
 
 Each script touches only keys it declares, all in one hash slot, so it runs unchanged
-on Redis Cluster. Scripts are registered per client with ``register_script`` (EVALSHA
-with an automatic EVAL fallback after a server restart).
+on Redis Cluster (tests/test_cluster.py checks every call site's keys). Scripts are
+registered per client with ``register_script`` (EVALSHA with an automatic EVAL fallback
+after a server restart).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.client import Pipeline
@@ -89,7 +90,7 @@ return store()
 #: was published in the owner's publish log and PUBLISH it on the owner's channel.
 #: KEYS: APPEND's five, then [publish log zset]
 #: ARGV: APPEND's seven, then [channel ('' publishes nothing), payload ('' means the
-#:        body), log retention seconds]
+#:        body), log retention seconds, 1 to SPUBLISH (Redis Cluster) else PUBLISH]
 #: Returns what APPEND returns; a message already stored is neither stored nor
 #: published again (so re-running a send with the same id is harmless).
 #: Guarantee: for every owner store, storing a message and publishing it on the channel
@@ -101,7 +102,8 @@ return store()
 #: Log entries outlive trimming on purpose (they expire after the retention): a late
 #: message that was trimmed before a client caught up makes that catch-up "not
 #: recovered" instead of silently incomplete. Keys of one store only (one hash slot):
-#: legal on Redis Cluster, where PUBLISH needs no key.
+#: legal on Redis Cluster, where the channel is a shard channel of the same slot (it
+#: carries the owner's hash tag; Redis refuses a script's SPUBLISH to another slot).
 DELIVER = _STORE + """
 local trimmed = store()
 if trimmed < 0 then
@@ -117,7 +119,11 @@ redis.call('PEXPIRE', KEYS[6], keep)
 if ARGV[8] ~= '' then
   local payload = ARGV[9]
   if payload == '' then payload = ARGV[3] end
-  redis.call('PUBLISH', ARGV[8], payload)
+  if ARGV[11] == '1' then
+    redis.call('SPUBLISH', ARGV[8], payload)
+  else
+    redis.call('PUBLISH', ARGV[8], payload)
+  end
 end
 return trimmed
 """
@@ -287,7 +293,7 @@ return take(KEYS[1], ARGV[1], ARGV[2])
 #: Guarantee: of any number of concurrent sends with one key, exactly one claims it, and
 #: the record names the message (its id included) before any of it is stored, so a
 #: retry can always finish or repeat the same message instead of making another.
-CLAIM = _TOKEN_BUCKET + """
+CLAIM_KEY = _TOKEN_BUCKET + """
 local current = redis.call('GET', KEYS[1])
 if current then
   return {0, current}
@@ -312,7 +318,9 @@ class Scripts:
     claim: Script
 
     def load(self, client: redis.Redis) -> None:
-        """SCRIPT LOAD every script (after a Redis restart or SCRIPT FLUSH)."""
+        """SCRIPT LOAD every script (after a Redis restart or SCRIPT FLUSH). On a cluster
+        redis-py sends SCRIPT LOAD to every master (a promoted replica has none: script
+        caches are not replicated)."""
         for f in fields(self):
             client.script_load(getattr(self, f.name).script)
 
@@ -347,10 +355,19 @@ class Scripts:
             deliver=client.register_script(DELIVER),
             remove=client.register_script(REMOVE),
             rate_limit=client.register_script(RATE_LIMIT),
-            claim=client.register_script(CLAIM),
+            claim=client.register_script(CLAIM_KEY),
         )
 
 
 def queue(pipe: Pipeline, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
-    """Queue one script call on a pipeline run by :meth:`Scripts.run`."""
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    """Queue one script call on a pipeline run by :meth:`Scripts.run`.
+
+    Through ``execute_command``: redis-py's cluster pipeline refuses its ``evalsha``
+    method, but routes the command itself by its keys (which are of one slot)."""
+    command(pipe, "EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def command(pipe: Pipeline, *args: Any) -> None:
+    """Queue one command by name (redis-py's cluster pipeline refuses some methods, such
+    as ``publish`` and ``evalsha``, but routes the commands themselves)."""
+    cast(Any, pipe).execute_command(*args)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.exceptions import NotFound as NotFoundError
@@ -76,7 +76,8 @@ def _chat_error(error: ChatError) -> Response:
 
 
 @blueprint.errorhandler(RedisError)
-def _redis_down(error: RedisError) -> Response:
+@blueprint.errorhandler(RedisClusterException)  # e.g. a slot no master serves yet
+def _redis_down(error: Exception) -> Response:
     # Nothing was stored (a send is one atomic step); the client may retry.
     current_app.logger.warning("flask-chat: Redis unavailable: %s", error)
     response = json_response(Unavailable().to_dict(), 503)

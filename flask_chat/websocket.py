@@ -22,7 +22,7 @@ from flask import Flask, Response, current_app, request
 from gevent.event import Event
 from gevent.monkey import get_original
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from . import catchup, delivery, protocol
 from .connection import Connection
@@ -360,7 +360,7 @@ def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> N
     except ChatError as err:
         METRICS.rejected_frames.labels(err.code).inc()
         conn.send_text(protocol.error(err, getattr(err, "ref", ref)))
-    except RedisError:
+    except (RedisError, RedisClusterException):
         # Redis is down or unreachable: nothing was stored; say so, so the client
         # retries (with the same idempotency key) instead of waiting for an ack.
         log.warning("flask-chat: Redis unavailable for a frame of %s", conn.id, exc_info=True)
