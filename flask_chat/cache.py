@@ -196,33 +196,19 @@ class ChatCache:
         ``group_ids``: groups whose shared store is merged in (when members' caches hold
         no copies of group messages: ``CHAT_GROUP_MEMBER_CACHES = False``).
         """
-        conversations = self.conversation_ids(user_id)
+        own, shared = self.export_raw(user_id, group_ids)
         history: History = {}
-        if conversations:
-            pipe = self.client.pipeline(transaction=True)
-            for conversation in conversations:
-                pipe.hgetall(self.keys.message_bodies(user_id, conversation))
-            for conversation, bodies in zip(conversations, pipe.execute(), strict=True):
-                if not bodies:
-                    continue
-                kind = ConversationKey.parse(conversation).kind
-                history[conversation] = {
-                    "type": kind,
-                    "messages": [json.loads(bodies[mid]) for mid in sorted(bodies)],
-                }
-        groups = list(group_ids)
-        if groups:
-            pipe = self.client.pipeline(transaction=False)
-            for gid in groups:
-                pipe.hgetall(self.keys.group_bodies(gid))
-            for gid, bodies in zip(groups, pipe.execute(), strict=True):
-                if not bodies:
-                    continue
-                key = f"{gid}_Group"
-                merged = {m["id"]: m for m in history.get(key, {"messages": []})["messages"]}
-                for mid, body in bodies.items():
-                    merged.setdefault(mid, entry_from_event(json.loads(body), user_id))
-                history[key] = {"type": "Group", "messages": [merged[i] for i in sorted(merged)]}
+        for conversation, bodies in own.items():
+            history[conversation] = {
+                "type": ConversationKey.parse(conversation).kind,
+                "messages": [json.loads(bodies[mid]) for mid in sorted(bodies)],
+            }
+        for gid, bodies in shared.items():
+            key = f"{gid}_Group"
+            merged = {m["id"]: m for m in history.get(key, {"messages": []})["messages"]}
+            for mid, body in bodies.items():
+                merged.setdefault(mid, entry_from_event(json.loads(body), user_id))
+            history[key] = {"type": "Group", "messages": [merged[i] for i in sorted(merged)]}
         return history
 
     def export_raw(

@@ -22,10 +22,9 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
-from redis.exceptions import NoScriptError
 
 from .keys import Keys
-from .scripts import queue
+from .scripts import queue, run_reloading
 
 #: Remove a connection and report how many of the user's connections are still alive.
 #: KEYS: [conns zset]; ARGV: [connection id, now]. Guarantee: expired members are
@@ -128,16 +127,7 @@ class Presence:
     def _run(self, build: Callable[[Pipeline], None]) -> list[Any]:
         """A pipeline holding ``_REAP`` calls, loading the script once after NOSCRIPT (a
         restarted or newly promoted Redis); the calls are safe to run twice."""
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            build(pipe)
-            try:
-                return list(pipe.execute())
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                self.client.script_load(_REAP)
-        raise AssertionError("unreachable")
+        return run_reloading(self.client, build, lambda: self.client.script_load(_REAP))
 
     def live_connections(self, user_id: int) -> int:
         """How many unexpired connections the user holds, on every instance."""

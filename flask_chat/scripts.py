@@ -336,16 +336,7 @@ class Scripts:
         by message id; a second publish of an event is dropped by clients, which keep
         message ids).
         """
-        for attempt in (1, 2):
-            pipe = client.pipeline(transaction=transaction)
-            build(pipe)
-            try:
-                return list(pipe.execute())
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                self.load(client)
-        raise AssertionError("unreachable")
+        return run_reloading(client, build, lambda: self.load(client), transaction)
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
@@ -357,6 +348,27 @@ class Scripts:
             rate_limit=client.register_script(RATE_LIMIT),
             claim=client.register_script(CLAIM_KEY),
         )
+
+
+def run_reloading(
+    client: Any,
+    build: Callable[[Pipeline], None],
+    load: Callable[[], object],
+    transaction: bool = False,
+) -> list[Any]:
+    """Build and execute a pipeline of script calls; after NOSCRIPT (a restarted or newly
+    promoted Redis) ``load`` the scripts and run it once more. Every call in such a
+    pipeline must be safe to run twice."""
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=transaction)
+        build(pipe)
+        try:
+            return list(pipe.execute())
+        except NoScriptError:
+            if attempt == 2:
+                raise
+            load()
+    raise AssertionError("unreachable")
 
 
 def queue(pipe: Pipeline, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
