@@ -82,7 +82,7 @@ def test_a_poll_answers_what_was_missed_then_waits_for_what_comes_live(
         # The poll is listening once the hub subscribed bob's channel.
         r = redis.Redis.from_url(a.env["CHAT_REDIS_URL"])
         try:
-            wait_for(lambda: r.pubsub_numsub("chat:ch:u:2")[0][1] >= 1, what="the listener")
+            wait_for(lambda: r.pubsub_numsub("chat:ch:{u:2}")[0][1] >= 1, what="the listener")
         finally:
             r.close()
         live = send(b.port, alice, "2_User", "live")
@@ -112,7 +112,7 @@ def test_logging_out_ends_a_waiting_poll(servers: list[DemoServer]) -> None:
         waiting = pool.submit(poll, a.port, bob)
         r = redis.Redis.from_url(a.env["CHAT_REDIS_URL"])
         try:
-            wait_for(lambda: r.pubsub_numsub("chat:ch:u:2")[0][1] >= 1, what="the listener")
+            wait_for(lambda: r.pubsub_numsub("chat:ch:{u:2}")[0][1] >= 1, what="the listener")
         finally:
             r.close()
         assert logout_over_http(b.port, bob) in (200, 302, 303)
