@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
@@ -41,6 +41,37 @@ def legacy_dir() -> str | None:
     path = os.environ.get("LEGACY_DIR") or os.path.join(ROOT, "..", "shared", "legacy")
     path = os.path.abspath(path)
     return path if os.path.isfile(os.path.join(path, "start-legacy.sh")) else None
+
+
+def running_stack() -> Iterator[LegacyStack]:
+    """The legacy stack for a test module: started on free ports (retried: a free port
+    can be taken in between), stopped after; skipped (or failed under
+    CHAT_TEST_REQUIRE_ALL=1) when it is missing or does not start. Use it as a
+    module-scoped fixture's body: ``yield from running_stack()``."""
+    from conftest import require
+
+    folder = legacy_dir()
+    if folder is None:
+        require(
+            "no legacy Juggernaut stack: expected ../shared/legacy beside the repository "
+            "(or set LEGACY_DIR to the folder holding start-legacy.sh)"
+        )
+    assert folder is not None
+    problem: Exception | None = None
+    for _ in range(3):
+        legacy = LegacyStack(folder, free_port(), free_port())
+        try:
+            legacy.start()
+            break
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            legacy.stop()
+            problem = exc
+    else:
+        require(f"the legacy Juggernaut stack did not start: {problem}")
+    try:
+        yield legacy
+    finally:
+        legacy.stop()
 
 
 class LegacyStack:

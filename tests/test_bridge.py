@@ -33,7 +33,6 @@ from typing import Any
 import pytest
 import redis
 import websocket
-from conftest import require
 from flask_chat_bridge import protocol
 from helpers import (
     ROOT,
@@ -56,9 +55,9 @@ from legacy import (
     close_all,
     js_integer,
     js_view,
-    legacy_dir,
     raw_messages,
     role_names,
+    running_stack,
     sio_get_handshake,
     sio_handshake,
     with_roles,
@@ -71,26 +70,7 @@ from flask_chat.embedded import RedisServer
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LegacyStack]:
-    folder = legacy_dir()
-    if folder is None:
-        require(
-            "no legacy Juggernaut stack: expected ../shared/legacy beside the repository "
-            "(or set LEGACY_DIR to the folder holding start-legacy.sh)"
-        )
-    assert folder is not None
-    problem: Exception | None = None
-    for _ in range(3):  # free ports can be taken in between: try others
-        legacy = LegacyStack(folder, free_port(), free_port())
-        try:
-            legacy.start()
-            break
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-            legacy.stop()
-            problem = exc
-    else:
-        require(f"the legacy Juggernaut stack did not start: {problem}")
-    yield legacy
-    legacy.stop()
+    yield from running_stack()
 
 
 @pytest.fixture

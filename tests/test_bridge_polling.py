@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from conftest import require
-from helpers import free_port, login_cookie, logout_over_http, wait_for
+from helpers import login_cookie, logout_over_http, wait_for
 from legacy import (
     EventWatch,
     Instance,
@@ -31,7 +29,7 @@ from legacy import (
     LegacyStack,
     PollSio,
     close_all,
-    legacy_dir,
+    running_stack,
     sio_decode_payload,
     sio_get_handshake,
 )
@@ -45,24 +43,7 @@ NOT_HANDSHAKEN = "7:::1+0"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LegacyStack]:
-    folder = legacy_dir()
-    if folder is None:
-        require("no legacy Juggernaut stack: expected ../shared/legacy beside the repository "
-                "(or set LEGACY_DIR)")
-    assert folder is not None
-    problem: Exception | None = None
-    for _ in range(3):  # free ports can be taken in between: try others
-        legacy = LegacyStack(folder, free_port(), free_port())
-        try:
-            legacy.start()
-            break
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-            legacy.stop()
-            problem = exc
-    else:
-        require(f"the legacy Juggernaut stack did not start: {problem}")
-    yield legacy
-    legacy.stop()
+    yield from running_stack()
 
 
 @pytest.fixture
