@@ -630,11 +630,14 @@ class Chat:
         """Whether the user has a live websocket on any instance."""
         return self.state.presence.is_online(user_id)
 
-    def presence_audience(self, user_id: int) -> tuple[list[int], list[int]]:
+    def presence_audience(
+        self, user_id: int, group_ids: list[int] | None = None
+    ) -> tuple[list[int], list[int]]:
         """Who sees ``user_id`` come and go: (user ids, group ids whose members do).
 
         The ``presence_audience_loader`` hook decides; by default, the members of the
-        user's groups and the users they have a 1:1 conversation with.
+        user's groups and the users they have a 1:1 conversation with. ``group_ids``:
+        the user's groups, if the caller already asked the host app for them.
         """
         if self._presence_audience_loader is not None:
             return [int(u) for u in self._presence_audience_loader(user_id)], []
@@ -643,7 +646,7 @@ class Chat:
             for c in self.state.cache.conversation_ids(user_id)
             if c.endswith("_User")
         ]
-        return peers, self.user_group_ids(user_id)
+        return peers, group_ids if group_ids is not None else self.user_group_ids(user_id)
 
     # -- sessions and history ------------------------------------------------------
 

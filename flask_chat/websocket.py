@@ -243,7 +243,7 @@ def websocket() -> Response:
     try:
         conn.write(protocol.ws_frame(protocol.hello(user_id, conn.id, config.ping_interval)))
         conn.start()
-        audience = chat.presence_audience(user_id)
+        audience = chat.presence_audience(user_id, group_ids)  # asked the host once
         if state.presence.connect(user_id, conn.id):
             announce_presence(chat, state, user_id, True, audience)
         snapshot = delivery.online_snapshot(chat, state, user_id, audience)
