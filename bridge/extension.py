@@ -119,13 +119,13 @@ class JuggernautBridge:
         with app.app_context():
             state = chat.state
         self.router = LegacyRouter(self, app, state, limits)
-        state.hub_listeners.append(subscribe_listener(self.router))
+        chat.add_hub_listener(app, subscribe_listener(self.router))
         self.polling = PollingSessions(app, state, self.instance_id,
                                        lambda conn, text: handle_frame(self, conn, text))
-        state.hub_listeners.append(self.polling.attach)
-        state.hub_listeners.append(self._start_election)
+        chat.add_hub_listener(app, self.polling.attach)
+        chat.add_hub_listener(app, self._start_election)
         for kind in ("subscribe", "unsubscribe", "meta", "event"):
-            state.frame_handlers[kind] = self._native_frame
+            chat.add_frame_handler(app, kind, self._native_frame)
         app.register_blueprint(legacy)
         message_sent.connect(self._mirror_message, app, weak=False)
 

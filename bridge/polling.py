@@ -41,8 +41,8 @@ from .router import LEGACY
 if TYPE_CHECKING:
     import redis
 
-    from flask_chat.extension import ChatState
     from flask_chat.hub import Hub
+    from flask_chat.state import ChatState
 
 log = logging.getLogger("flask_chat_bridge.polling")
 

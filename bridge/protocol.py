@@ -321,15 +321,8 @@ def unsubscribe_payloads(session_id: str, channels: Iterable[str | None], meta: 
 
 HEARTBEAT_TIMEOUT = 15
 CLOSE_TIMEOUT = 25
-HEARTBEAT_INTERVAL = 20
 
 FRAME_CONNECT = "1::"
-FRAME_HEARTBEAT = "2::"
-FRAME_DISCONNECT = "0::"
-
-
-def message_frame(message: dict[str, Any] | str) -> str:
-    return "3:::" + (message if isinstance(message, str) else dumps(message))
 
 
 def parse_frame(frame: str) -> tuple[str, str]:

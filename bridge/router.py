@@ -18,6 +18,7 @@ import gevent
 from flask import Flask
 
 from flask_chat.connection import Connection
+from flask_chat.hub import running_hub
 from flask_chat.protocol import ws_frame
 
 from . import protocol
@@ -25,7 +26,7 @@ from .metrics import BRIDGE_METRICS
 from .roster import Roster
 
 if TYPE_CHECKING:
-    from flask_chat.extension import ChatState
+    from flask_chat.state import ChatState
 
     from .extension import JuggernautBridge
 
@@ -148,7 +149,8 @@ class LegacyRouter:
         channels = protocol.distinct_channels(session["channels"])
         for channel in channels:
             self._drop(conn, self.key(channel))
-        if self.state.hub is not None and self.state.hub.draining:
+        hub = running_hub(self.state)
+        if hub is not None and hub.draining:
             return  # the client reconnects elsewhere; the reaper cleans up if not
         gevent.spawn(self._forget, conn.id, channels, session["meta"])
 
@@ -170,7 +172,7 @@ class LegacyRouter:
             self.unfinished[session_id] = (channels, meta)
 
     def _roster_trusted(self) -> bool:
-        hub = self.state.hub
+        hub = running_hub(self.state)
         if hub is None:
             return True
         subscriber = hub.subscriber
@@ -184,12 +186,12 @@ class LegacyRouter:
         sessions, then publish the unsubscribes of those that ended meanwhile.
 
         Runs in the subscriber's read loop: the Redis work goes to a greenlet."""
-        hub = self.state.hub
+        hub = running_hub(self.state)
         if hub is not None:
             gevent.spawn(self._rebuild, hub.subscriber.reconnects)
 
     def _rebuild(self, reconnects: int) -> None:
-        hub = self.state.hub
+        hub = running_hub(self.state)
         assert hub is not None
         conns = [c for c in hub.connections.values() if c.data.get("juggernaut")]
         try:
@@ -244,7 +246,7 @@ class LegacyRouter:
 
     def heartbeat(self) -> None:
         """Renew this process's sessions; publish the unsubscribes of dead instances'."""
-        hub = self.state.hub
+        hub = running_hub(self.state)
         if hub is not None:
             self.roster.renew([c.id for c in hub.connections.values() if c.data.get("juggernaut")])
         for session_id, channels, meta in self.roster.reap():

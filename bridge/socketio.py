@@ -33,15 +33,16 @@ from redis.exceptions import RedisError
 from flask_chat import protocol as chat_protocol
 from flask_chat.connection import Connection
 from flask_chat.errors import ChatError, ConfigurationError, Forbidden, ValidationError
+from flask_chat.hub import get_hub, running_hub
 from flask_chat.messaging import RateLimited
 from flask_chat.protocol import ws_frame
 from flask_chat.server import check_gevent_patched
-from flask_chat.websocket import (
-    _origin_allowed,
-    accept_socket,
+from flask_chat.upgrade import (
     check_handshake,
-    get_hub,
     hand_over,
+    origin_allowed,
+    take_socket,
+    websocket_route,
 )
 
 from . import polling, protocol
@@ -112,7 +113,7 @@ def _cors(response: Response) -> Response:
 def _origin_refused(what: str) -> Response | None:
     """A 403 for a browser page of an origin not allowed (cross-site websocket
     hijacking: its requests carry the user's cookie); None when allowed."""
-    if _origin_allowed(_bridge().chat.state.config.allowed_origins):
+    if origin_allowed(_bridge().chat.state.config.allowed_origins):
         return None
     BRIDGE_METRICS.refused_connections.labels("origin").inc()
     log.info("flask-chat bridge: refused a socket.io %s from origin %.200r "
@@ -149,11 +150,9 @@ def handshake() -> Response:
     return _cors(response)
 
 
-@legacy.route("/socket.io/1/websocket/<sid>", websocket=True)
-def websocket(sid: str) -> Response:
-    bridge = _bridge()
-    chat = bridge.chat
-    state = chat.state
+def _refusal(sid: str) -> Response | None:
+    """What refuses a legacy websocket, answered over HTTP before the handshake."""
+    state = _bridge().chat.state
     try:
         check_gevent_patched()
     except ConfigurationError as exc:
@@ -164,19 +163,28 @@ def websocket(sid: str) -> Response:
     if not sid.isdigit() or state.redis.getdel(_keys().handshake(sid)) is None:
         BRIDGE_METRICS.refused_connections.labels("not handshaken").inc()
         return current_app.response_class("client not handshaken", status=403)
-    if state.hub is not None and state.hub.draining:
+    hub = running_hub(state)
+    if hub is not None and hub.draining:
         return current_app.response_class("reconnect elsewhere", status=503)
     try:
         check_handshake()
     except ChatError as exc:
         return current_app.response_class(exc.message, status=exc.status)
+    return None
+
+
+@websocket_route(legacy, "/socket.io/1/websocket/<sid>", check=_refusal)
+def websocket(ws: Any, sid: str) -> None:
+    bridge = _bridge()
+    chat = bridge.chat
+    state = chat.state
     # The browser sends the app's session cookie with the upgrade (cookies are per host,
     # not per port). Its own, never the handshake's: anonymous without one.
     user_id = chat.current_user_id()
-    hub = get_hub(chat, state)
+    hub = get_hub(state)
     router = bridge.router
     assert router is not None
-    raw = accept_socket()
+    raw = take_socket(ws)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     done = Event()
 
@@ -199,7 +207,7 @@ def websocket(sid: str) -> Response:
     hub.add(conn, [hub.user_channel(user_id)] if user_id else [])
     conn.write(ws_frame(protocol.FRAME_CONNECT.encode()))
     conn.start()
-    return hand_over(done)
+    hand_over(done)
 
 
 @legacy.route("/socket.io/1/<any('xhr-polling', 'jsonp-polling'):transport>/<sid>",
@@ -230,10 +238,11 @@ def poll(transport: str, sid: str) -> Response:
             check_gevent_patched()
         except ConfigurationError as exc:
             return current_app.response_class(str(exc), status=500)
-        if state.hub is not None and state.hub.draining:
+        hub = running_hub(state)
+        if hub is not None and hub.draining:
             # Not here: the client reconnects, through the load balancer, elsewhere.
             return _json_error(503, "draining", "Reconnect elsewhere.")
-        get_hub(chat, state)  # its listeners attach the polling sessions
+        get_hub(state)  # its listeners attach the polling sessions
         packets = sessions.poll(sid, user_id, transport)
     except PermissionError:
         BRIDGE_METRICS.refused_connections.labels("another user's session").inc()

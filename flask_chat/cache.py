@@ -27,6 +27,7 @@ from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from .conversations import ConversationKey
+from .entries import entry_from_event
 from .keys import Keys
 from .scripts import CLEAR, Scripts, command, queue
 
@@ -45,18 +46,6 @@ class CacheEntry:
     message_id: str
     body: str | bytes  # serialised once and shared by every owner alike
     keys: list[str] | None = None
-
-
-def entry_from_event(event: dict[str, Any], owner_id: int) -> dict[str, Any]:
-    """A message event (side-neutral) as a cache entry seen by ``owner_id``."""
-    return {
-        "message_text": event["message_text"],
-        "type": "sent" if event["sender_id"] == owner_id else "received",
-        "image": event["image"],
-        "id": event["id"],
-        "sender_id": event["sender_id"],
-        "sent_at": event["sent_at"],
-    }
 
 
 class ChatCache:
@@ -277,24 +266,6 @@ class ChatCache:
         raw = self.client.hgetall(self.keys.spill(user_id))
         return {str(name): str(body) for name, body in raw.items()}
 
-    def drop_spilled(self, user_id: int, fields: list[str]) -> None:
-        if fields:
-            self.client.hdel(self.keys.spill(user_id), *fields)
-
-    def remove(self, user_id: int, ids_by_conversation: dict[str, list[str]]) -> int:
-        """Remove exactly these message ids; returns how many were removed."""
-        todo = {conv: ids for conv, ids in ids_by_conversation.items() if ids}
-        if not todo:
-            return 0
-
-        def build(pipe: Pipeline) -> None:
-            for conversation, ids in todo.items():
-                queue(pipe, self.scripts.remove,
-                      self.keys.conversation_keys(user_id, conversation),
-                      [conversation, self.retention, *ids])
-
-        return sum(int(n) for n in self.scripts.run(self.client, build))
-
     def clear(self, user_id: int) -> tuple[History, int]:
         """Clear the user's cache; returns what was cleared and how many messages.
 
@@ -370,9 +341,6 @@ class ChatCache:
                 restored += 1
             self.client.zrem(self.keys.clearing(), marker)
         return restored
-
-    def has_cache(self, user_id: int) -> bool:
-        return bool(self.client.exists(self.keys.conversations(user_id)))
 
     def cached_users(self) -> Iterator[int]:
         """Ids of users who have a cache (a user whose cache just emptied may show up)."""

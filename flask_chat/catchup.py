@@ -30,7 +30,7 @@ from .ids import id_time, is_valid_id
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .extension import ChatState
+    from .state import ChatState
 
 
 def missed(

@@ -9,7 +9,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from . import database, jobs
-from .extension import ChatState
+from .state import ChatState
 
 
 def _state() -> ChatState:

@@ -45,7 +45,7 @@ from .pubsub import OnMessage, Subscriber
 from .scripts import command
 
 if TYPE_CHECKING:
-    from .extension import ChatState
+    from .state import ChatState
 
 log = logging.getLogger("flask_chat.cluster")
 

@@ -10,14 +10,15 @@ it is SPUBLISH (sharded pub/sub: only the channel's shard carries it).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from . import protocol
 from .conversations import ConversationKey
+from .metrics import METRICS
 from .scripts import command
+from .state import ChatState
 
-if TYPE_CHECKING:
-    from .extension import Chat, ChatState
+#: Who sees a user come and go: (user ids, group ids whose members do).
+Audience = tuple[list[int], list[int]]
 
 
 def publish(state: ChatState, channels: Iterable[str], payload: bytes) -> None:
@@ -34,15 +35,26 @@ def conversation_channels(state: ChatState, user_id: int, to: ConversationKey) -
     return [state.keys.user_channel(to.id), state.keys.user_channel(user_id)]
 
 
+def presence_audience(
+    state: ChatState, user_id: int, group_ids: list[int] | None = None
+) -> Audience:
+    """Who sees ``user_id`` come and go (the host's ``presence_audience_loader``, or the
+    members of their groups and their 1:1 partners). ``group_ids``: the user's groups,
+    if the host app was already asked for them."""
+    return state.hooks.presence_audience(
+        user_id, state.cache.conversation_ids(user_id), group_ids
+    )
+
+
 def presence(
-    chat: Chat,
     state: ChatState,
     user_id: int,
     online: bool,
-    audience: tuple[list[int], list[int]] | None = None,
+    audience: Audience | None = None,
 ) -> None:
     """Announce that ``user_id`` came online or went offline to those who can see them."""
-    users, groups = audience or chat.presence_audience(user_id)
+    METRICS.presence_changes.labels("online" if online else "offline").inc()
+    users, groups = audience or presence_audience(state, user_id)
     channels = [state.keys.group_channel(g) for g in groups]
     channels += [state.keys.user_channel(u) for u in users if u != user_id]
     if channels:
@@ -92,17 +104,16 @@ def logout(state: ChatState, user_id: int) -> None:
 
 
 def online_snapshot(
-    chat: Chat,
     state: ChatState,
     user_id: int,
-    audience: tuple[list[int], list[int]] | None = None,
+    audience: Audience | None = None,
 ) -> list[int]:
     """Who of the people ``user_id`` can see is online now (for ``online`` frames and
     ``GET /chats/online_users``)."""
-    users, groups = audience or chat.presence_audience(user_id)
+    users, groups = audience or presence_audience(state, user_id)
     candidates = dict.fromkeys(users)
     for gid in groups:
-        group = chat.get_group(gid)
+        group = state.hooks.get_group(gid)
         if group is not None:
             candidates.update(dict.fromkeys(group.members))
     candidates.pop(user_id, None)

@@ -1,21 +1,25 @@
-"""The extension object, :class:`Chat`."""
+"""The extension object, :class:`Chat`: setup, the host app's hooks, the public API.
+
+Everything it offers is built in the modules below it (``settings``, ``state``,
+``messaging``, ``delivery``, ``hub``...); nothing in flask-chat imports this module.
+"""
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, cast
 
 import redis
 from flask import Flask, current_app, has_request_context
 from flask import session as flask_session
-from redis import Redis
 from redis.cluster import RedisCluster
 
-from . import database, directory, messaging
+# Registers /ws and /poll on the blueprint (flask-sock's websocket route, long polling).
+from . import database, delivery, directory, hub, jobs, longpoll, messaging, reading, websocket  # noqa: E402,F401,I001
 from .cache import ChatCache
+from .cli import chat_cli
 from .conversations import ConversationKey
 from .directory import (
     CurrentUserLoader,
@@ -26,151 +30,21 @@ from .directory import (
     UserInfo,
     UserLoader,
 )
-from .embedded import embedded_redis_url
-from .errors import ConfigurationError
+from .hooks import HostHooks
 from .keys import Keys
 from .persistence import HistoryStore
 from .presence import Presence
 from .scripts import Scripts
-from .signals import cache_cleared, message_sent
+from .settings import DEFAULTS, ChatConfig, read_config
+from .signals import cache_cleared
+from .state import ChatState, FrameHandler
+from .templating import chat_bootstrap
+from .views import blueprint, metrics_view, register_routing_errors
 from .windows import Windows
 
-if TYPE_CHECKING:
-    from .hub import Hub
+__all__ = ["Chat", "ChatConfig", "ChatState", "DEFAULTS"]
 
 _SESSION_KEY = "_flask_chat_session"
-
-F = TypeVar("F")
-
-#: Every setting, with its default. ``init_app`` documents each one.
-DEFAULTS: dict[str, Any] = {
-    "CHAT_REDIS_URL": None,
-    "CHAT_REDIS_MAX_CONNECTIONS": 64,
-    "CHAT_REDIS_CLUSTER": False,
-    "CHAT_REDIS_WAIT_REPLICAS": 0,
-    "CHAT_REDIS_WAIT_TIMEOUT_MS": 1000,
-    "CHAT_RQ_REDIS_URL": None,
-    "CHAT_EMBEDDED_REDIS": None,
-    "CHAT_URL_PREFIX": "/chats",
-    "CHAT_KEY_PREFIX": "chat",
-    "CHAT_MAX_MESSAGE_LENGTH": 2000,
-    "CHAT_HISTORY_LIMIT": 200,
-    "CHAT_PAGE_SIZE": 50,
-    "CHAT_MAX_REQUEST_BYTES": 64 * 1024,
-    "CHAT_CSRF_ENABLED": True,
-    "CHAT_SEND_RATE": 10.0,
-    "CHAT_SEND_BURST": 30,
-    "CHAT_PING_INTERVAL": 25.0,
-    "CHAT_PRESENCE_TTL": 30.0,
-    "CHAT_WS_ALLOWED_ORIGINS": (),
-    "CHAT_WS_TOKEN_MAX_AGE": 3600,
-    "CHAT_WS_MAX_MESSAGE_BYTES": 64 * 1024,
-    "CHAT_WS_MAX_QUEUE_BYTES": 1024 * 1024,
-    "CHAT_WS_MAX_FRAGMENTS": 64,
-    "CHAT_WS_FRAME_RATE": 20.0,
-    "CHAT_WS_FRAME_BURST": 60,
-    "CHAT_WS_MAX_CONNECTIONS_PER_USER": 32,
-    "CHAT_CATCHUP_RETENTION": 3600,
-    "CHAT_CATCHUP_LIMIT": 1000,
-    "CHAT_METRICS_PATH": "/metrics",
-    "CHAT_DATABASE_URL": None,
-    "CHAT_DATABASE_AUTO_UPGRADE": False,
-    "CHAT_PERSISTENCE": True,
-    "CHAT_SWEEP_INTERVAL": 300,
-    "CHAT_PERSIST_BATCH": 500,
-    "CHAT_PERSIST_BATCH_USERS": 200,
-    "CHAT_API_TOKEN": None,
-    "CHAT_GROUP_MEMBER_CACHES": True,
-    "CHAT_IDEMPOTENCY_WINDOW": 86400,
-}
-
-
-@dataclass(frozen=True)
-class ChatConfig:
-    """The validated ``CHAT_*`` settings of one app."""
-
-    redis_url: str
-    redis_cluster: bool
-    #: Replicas that must hold a send's writes before it is acknowledged (0: off).
-    wait_replicas: int
-    wait_timeout_ms: int
-    #: RQ's and rq-scheduler's Redis (a plain server: RQ does not run on a cluster).
-    rq_redis_url: str
-    url_prefix: str
-    key_prefix: str
-    max_message_length: int
-    history_limit: int
-    page_size: int
-    max_request_bytes: int
-    csrf_enabled: bool
-    send_rate: float
-    send_burst: int
-    ping_interval: float
-    presence_ttl: float
-    allowed_origins: tuple[str, ...]
-    token_max_age: int
-    max_ws_message: int
-    max_ws_queue: int
-    max_ws_fragments: int
-    frame_rate: float
-    frame_burst: int
-    max_user_connections: int
-    catchup_retention: int
-    catchup_limit: int
-    metrics_path: str | None
-    database_url: str
-    persistence: bool
-    sweep_interval: int
-    persist_batch: int
-    persist_batch_users: int
-    api_token: str | None
-    group_member_caches: bool
-    idempotency_window: int
-
-
-@dataclass
-class ChatState:
-    """What flask-chat keeps per app: its settings and its Redis plumbing."""
-
-    config: ChatConfig
-    #: The client for everything but RQ. On Redis Cluster it is a ``RedisCluster``
-    #: (same command methods; see :attr:`cluster`), typed as ``Redis`` for the callers.
-    redis: redis.Redis
-    keys: Keys
-    scripts: Scripts
-    cache: ChatCache
-    windows: Windows
-    presence: Presence
-    history: HistoryStore
-    #: The process's hub, started with the first websocket (see ``websocket.py``).
-    hub: Hub | None = None
-    #: A bytes-returning client for RQ, made on first use (see ``jobs.py``).
-    rq_redis: Redis | None = None
-    #: Extension points for add-ons such as the Juggernaut bridge: handlers of extra
-    #: websocket frame types, and callbacks run when the process's hub starts.
-    frame_handlers: dict[str, Callable[[Any, dict[str, Any]], None]] = field(default_factory=dict)
-    hub_listeners: list[Callable[[Hub], None]] = field(default_factory=list)
-    #: The same client as :attr:`redis` when it is a Redis Cluster client, else None.
-    cluster: RedisCluster | None = None
-
-    @property
-    def publish_command(self) -> str:
-        """How events are published: sharded pub/sub on a cluster, classic otherwise."""
-        return "SPUBLISH" if self.cluster is not None else "PUBLISH"
-
-
-def _positive_int(config: dict[str, Any], name: str) -> int:
-    value = config[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigurationError(f"{name} must be a positive integer, not {value!r}.")
-    return value
-
-
-def _number(config: dict[str, Any], name: str, minimum: float = 0.0) -> float:
-    value = config[name]
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < minimum:
-        raise ConfigurationError(f"{name} must be a number of at least {minimum}, not {value!r}.")
-    return float(value)
 
 
 class Chat:
@@ -197,12 +71,8 @@ class Chat:
         if unknown:
             raise TypeError(f"Unknown Chat options: {', '.join(sorted(unknown))}.")
         self._states: weakref.WeakKeyDictionary[Flask, ChatState] = weakref.WeakKeyDictionary()
-        self._current_user_loader: CurrentUserLoader = directory.flask_login_current_user
-        self._user_loader: UserLoader | None = None
-        self._group_loader: GroupLoader | None = None
-        self._user_groups_loader: UserGroupsLoader | None = None
-        self._permission_handler: PermissionHandler | None = None
-        self._presence_audience_loader: UserGroupsLoader | None = None
+        #: The host app's answers (filled in by the decorators below), for every app.
+        self.hooks = HostHooks()
         if app is not None:
             self.init_app(app)
 
@@ -312,31 +182,15 @@ class Chat:
             )
         for name, value in DEFAULTS.items():
             app.config.setdefault(name, self._options.get(name, value))
-        config = self._read_config(app)
-        cluster: RedisCluster | None = None
-        max_connections = _positive_int(app.config, "CHAT_REDIS_MAX_CONNECTIONS")
-        if config.redis_cluster:
-            # One pool per node, blocking as below; the slot map is refreshed on MOVED
-            # and on connection errors.
-            cluster = RedisCluster.from_url(
-                config.redis_url,
-                decode_responses=True,
-                max_connections=max_connections,
-                connection_pool_class=redis.BlockingConnectionPool,
-                timeout=10,
-            )
-            client = cast(redis.Redis, cluster)
-        else:
-            # A blocking pool: under load, greenlets wait for a connection (up to the
-            # timeout) instead of failing once CHAT_REDIS_MAX_CONNECTIONS are in use.
-            client = redis.Redis(
-                connection_pool=redis.BlockingConnectionPool.from_url(
-                    config.redis_url,
-                    decode_responses=True,
-                    max_connections=max_connections,
-                    timeout=10,
-                )
-            )
+        config = read_config(
+            app.config,
+            debug=app.debug,
+            default_database_url=(
+                "" if self.db is not None else database.default_url(app.instance_path)
+            ),
+            logger=app.logger,
+        )
+        client, cluster = _redis_client(config)
         keys = Keys(config.key_prefix)
         scripts = Scripts.register(client)
         if config.database_url:
@@ -344,7 +198,7 @@ class Chat:
         else:
             with app.app_context():
                 engine = self.db.engine
-        if app.config["CHAT_DATABASE_AUTO_UPGRADE"]:
+        if config.database_auto_upgrade:
             database.upgrade(engine)
         self._states[app] = ChatState(
             config=config,
@@ -356,143 +210,45 @@ class Chat:
             windows=Windows(client, keys),
             presence=Presence(client, keys, config.presence_ttl),
             history=HistoryStore(engine),
+            hooks=self.hooks,
+            app_ref=weakref.ref(app),
             cluster=cluster,
         )
         app.extensions["chat"] = self
         self._connect_login_signals(app)
-
-        from .cli import chat_cli
-
         app.cli.add_command(chat_cli)
-
-        from . import longpoll, websocket  # noqa: F401  (register /ws and /poll)
-        from .templating import chat_bootstrap
-        from .views import blueprint, metrics_view, register_routing_errors
-
         app.register_blueprint(blueprint, url_prefix=config.url_prefix)
         register_routing_errors(app)
         app.add_template_global(chat_bootstrap, "chat_bootstrap")
         if config.metrics_path:
             app.add_url_rule(config.metrics_path, "chat_metrics", metrics_view)
 
-    def _read_config(self, app: Flask) -> ChatConfig:
-        c = app.config
-        prefix = c["CHAT_URL_PREFIX"]
-        if not isinstance(prefix, str) or not prefix.startswith("/") or prefix.endswith("/"):
-            raise ConfigurationError(
-                f"CHAT_URL_PREFIX must start with '/' and not end with one, not {prefix!r}."
-            )
-        key_prefix = c["CHAT_KEY_PREFIX"]
-        if (
-            not isinstance(key_prefix, str)
-            or not key_prefix
-            or any(ch in key_prefix for ch in "{}* \t\r\n")
-        ):
-            raise ConfigurationError(
-                "CHAT_KEY_PREFIX must be a non-empty string without braces, '*' or "
-                f"spaces, not {key_prefix!r}."
-            )
-        clustered = c["CHAT_REDIS_CLUSTER"]
-        if not isinstance(clustered, bool):
-            raise ConfigurationError(
-                f"CHAT_REDIS_CLUSTER must be True or False, not {clustered!r}."
-            )
-        if clustered and not c["CHAT_REDIS_URL"]:
-            raise ConfigurationError(
-                "CHAT_REDIS_CLUSTER needs CHAT_REDIS_URL: the URL of any node of the "
-                "cluster (e.g. 'redis://10.0.0.1:6379/0')."
-            )
-        url = c["CHAT_REDIS_URL"]
-        if not url:
-            embedded = c["CHAT_EMBEDDED_REDIS"]
-            if embedded or (embedded is None and app.debug):
-                url, started = embedded_redis_url()
-                if started:
-                    app.logger.warning(
-                        "flask-chat: CHAT_REDIS_URL is not set, so an embedded Redis "
-                        "server was started at %s. Set CHAT_REDIS_URL in production.",
-                        url,
-                    )
-            else:
-                raise ConfigurationError(
-                    "flask-chat needs Redis: set CHAT_REDIS_URL (e.g. "
-                    "'redis://localhost:6379/0'), or set CHAT_EMBEDDED_REDIS = True to "
-                    "start a bundled server for development."
-                )
-        rq_url = c["CHAT_RQ_REDIS_URL"]
-        if rq_url is not None and (not isinstance(rq_url, str) or not rq_url):
-            raise ConfigurationError(
-                f"CHAT_RQ_REDIS_URL must be a Redis URL (or None), not {rq_url!r}."
-            )
-        if clustered:
-            if not rq_url:
-                raise ConfigurationError(
-                    "CHAT_REDIS_CLUSTER needs CHAT_RQ_REDIS_URL: RQ does not run on Redis "
-                    "Cluster, so its queues need a plain Redis server of their own."
-                )
-            if rq_url == url:
-                raise ConfigurationError(
-                    "CHAT_RQ_REDIS_URL must name a plain Redis server, not the cluster "
-                    "of CHAT_REDIS_URL."
-                )
-        wait_replicas = c["CHAT_REDIS_WAIT_REPLICAS"]
-        if (
-            not isinstance(wait_replicas, int)
-            or isinstance(wait_replicas, bool)
-            or wait_replicas < 0
-        ):
-            raise ConfigurationError(
-                f"CHAT_REDIS_WAIT_REPLICAS must be an integer of at least 0, not {wait_replicas!r}."
-            )
-        return ChatConfig(
-            redis_url=url,
-            redis_cluster=clustered,
-            wait_replicas=wait_replicas,
-            wait_timeout_ms=_positive_int(c, "CHAT_REDIS_WAIT_TIMEOUT_MS"),
-            rq_redis_url=rq_url or url,
-            url_prefix=prefix,
-            key_prefix=key_prefix,
-            max_message_length=_positive_int(c, "CHAT_MAX_MESSAGE_LENGTH"),
-            history_limit=_positive_int(c, "CHAT_HISTORY_LIMIT"),
-            page_size=_positive_int(c, "CHAT_PAGE_SIZE"),
-            max_request_bytes=_positive_int(c, "CHAT_MAX_REQUEST_BYTES"),
-            csrf_enabled=bool(c["CHAT_CSRF_ENABLED"]),
-            send_rate=_number(c, "CHAT_SEND_RATE"),
-            send_burst=_positive_int(c, "CHAT_SEND_BURST"),
-            ping_interval=_number(c, "CHAT_PING_INTERVAL", 0.1),
-            presence_ttl=_number(c, "CHAT_PRESENCE_TTL", 0.3),
-            allowed_origins=tuple(c["CHAT_WS_ALLOWED_ORIGINS"] or ()),
-            token_max_age=_positive_int(c, "CHAT_WS_TOKEN_MAX_AGE"),
-            max_ws_message=_positive_int(c, "CHAT_WS_MAX_MESSAGE_BYTES"),
-            max_ws_queue=_positive_int(c, "CHAT_WS_MAX_QUEUE_BYTES"),
-            max_ws_fragments=_positive_int(c, "CHAT_WS_MAX_FRAGMENTS"),
-            frame_rate=_number(c, "CHAT_WS_FRAME_RATE"),
-            frame_burst=_positive_int(c, "CHAT_WS_FRAME_BURST"),
-            max_user_connections=_positive_int(c, "CHAT_WS_MAX_CONNECTIONS_PER_USER"),
-            catchup_retention=_positive_int(c, "CHAT_CATCHUP_RETENTION"),
-            catchup_limit=_positive_int(c, "CHAT_CATCHUP_LIMIT"),
-            metrics_path=c["CHAT_METRICS_PATH"] or None,
-            database_url=c["CHAT_DATABASE_URL"]
-            or ("" if self.db is not None else database.default_url(app.instance_path)),
-            persistence=bool(c["CHAT_PERSISTENCE"]),
-            sweep_interval=_positive_int(c, "CHAT_SWEEP_INTERVAL"),
-            persist_batch=_positive_int(c, "CHAT_PERSIST_BATCH"),
-            persist_batch_users=_positive_int(c, "CHAT_PERSIST_BATCH_USERS"),
-            api_token=c["CHAT_API_TOKEN"] or None,
-            group_member_caches=bool(c["CHAT_GROUP_MEMBER_CACHES"]),
-            idempotency_window=_positive_int(c, "CHAT_IDEMPOTENCY_WINDOW"),
-        )
-
     @property
     def state(self) -> ChatState:
         """The current app's flask-chat state (needs an app context)."""
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        return self.state_of(current_app._get_current_object())  # type: ignore[attr-defined]
+
+    def state_of(self, app: Flask) -> ChatState:
+        """``app``'s flask-chat state (no app context needed)."""
         try:
             return self._states[app]
         except KeyError:
             raise RuntimeError(
                 "flask-chat is not registered on the current app: call chat.init_app(app)."
             ) from None
+
+    # -- add-ons -------------------------------------------------------------------
+
+    def add_frame_handler(self, app: Flask, kind: str, handler: FrameHandler) -> None:
+        """Let an add-on (the Juggernaut bridge) handle websocket frames of type ``kind``
+        on ``app``'s ``/chats/ws``: ``handler(connection, frame)``, with the frame parsed
+        (an object with that ``type``). The add-on limits its own frames' rate."""
+        self.state_of(app).frame_handlers[kind] = handler
+
+    def add_hub_listener(self, app: Flask, listener: Callable[[hub.Hub], None]) -> None:
+        """Call ``listener(hub)`` when ``app``'s hub starts in this process (at once if it
+        already runs): where an add-on subscribes its own channels."""
+        hub.add_listener(self.state_of(app), listener)
 
     # -- hooks ---------------------------------------------------------------------
 
@@ -502,7 +258,7 @@ class Chat:
         It takes no arguments and returns a user id, a Flask-Login style user, or None.
         Default: Flask-Login's ``current_user`` when Flask-Login is set up.
         """
-        self._current_user_loader = func
+        self.hooks.current_user_loader = func
         return func
 
     def user_loader(self, func: UserLoader) -> UserLoader:
@@ -512,18 +268,18 @@ class Chat:
         Default: Flask-Login's user loader, reading ``name``/``username`` and
         ``image_url``/``avatar_url`` off the user.
         """
-        self._user_loader = func
+        self.hooks.user_loader = func
         return func
 
     def group_loader(self, func: GroupLoader) -> GroupLoader:
         """Register ``func(group_id)`` returning ``{"name", "members"}`` (or a
         :class:`GroupInfo`), or None when there is no such group. Default: no groups."""
-        self._group_loader = func
+        self.hooks.group_loader = func
         return func
 
     def user_groups_loader(self, func: UserGroupsLoader) -> UserGroupsLoader:
         """Register ``func(user_id)`` returning the ids of the user's groups. Default: none."""
-        self._user_groups_loader = func
+        self.hooks.user_groups_loader = func
         return func
 
     def permission_handler(self, func: PermissionHandler) -> PermissionHandler:
@@ -532,51 +288,40 @@ class Chat:
 
         Default: any user may message any other user; only members may message a group.
         """
-        self._permission_handler = func
+        self.hooks.permission_handler = func
         return func
 
     def presence_audience_loader(self, func: UserGroupsLoader) -> UserGroupsLoader:
         """Register ``func(user_id)`` returning the ids of the users who see that user
         come online and go offline. Default: the members of the user's groups and the
         users they have a 1:1 conversation with."""
-        self._presence_audience_loader = func
+        self.hooks.presence_audience_loader = func
         return func
 
     # -- asking the host app -------------------------------------------------------
 
     def current_user_id(self) -> int | None:
         """The logged-in user's id, or None."""
-        return directory.as_user_id(self._current_user_loader())
+        return self.hooks.current_user_id()
 
     def get_user(self, user_id: int) -> UserInfo | None:
-        if self._user_loader is None:
-            return directory.flask_login_user(user_id)
-        return directory.as_user(user_id, self._user_loader(user_id))
+        return self.hooks.get_user(user_id)
 
     def get_group(self, group_id: int) -> GroupInfo | None:
-        if self._group_loader is None:
-            return None
-        return directory.as_group(group_id, self._group_loader(group_id))
+        return self.hooks.get_group(group_id)
 
     def user_group_ids(self, user_id: int) -> list[int]:
-        if self._user_groups_loader is None:
-            return []
-        return [int(g) for g in self._user_groups_loader(user_id)]
+        return self.hooks.user_group_ids(user_id)
 
     @property
     def has_permission_handler(self) -> bool:
-        return self._permission_handler is not None
+        return self.hooks.permission_handler is not None
 
     def can_message(
         self, sender_id: int, to: ConversationKey, group: GroupInfo | None = None
     ) -> bool:
         """May ``sender_id`` write to ``to``? ``group``: the group, if already looked up."""
-        if self._permission_handler is not None:
-            return bool(self._permission_handler(sender_id, to))
-        if to.is_group:
-            group = group if group is not None else self.get_group(to.id)
-            return group is not None and sender_id in group.members
-        return True
+        return self.hooks.can_message(sender_id, to, group)
 
     # -- the public API ------------------------------------------------------------
 
@@ -594,23 +339,11 @@ class Chat:
         returns the original message (``replayed`` True) and sends nothing; the same
         key with another ``to`` or text raises ``idempotency_key_reused`` (422).
         """
-        message, recipients = messaging.send(
-            self, self.state, sender_id, to, text, idempotency_key
-        )
-        if message.replayed:
-            return message  # sent before, signalled then
-        message_sent.send(
-            current_app._get_current_object(),  # type: ignore[attr-defined]
-            message=message,
-            recipients=recipients,
-        )
-        return message
+        return messaging.send(self.state, sender_id, to, text, idempotency_key)[0]
 
     def history(self, user_id: int) -> dict[str, Any]:
         """The user's chat cache in the legacy layout (what ``GET /chats/history`` returns)."""
-        state = self.state
-        groups = () if state.config.group_member_caches else self.user_group_ids(user_id)
-        return state.cache.export(user_id, groups)
+        return reading.history(self.state, user_id)
 
     def clear_cache(self, user_id: int) -> int:
         """Clear one user's cache; returns how many messages were removed."""
@@ -639,14 +372,7 @@ class Chat:
         user's groups and the users they have a 1:1 conversation with. ``group_ids``:
         the user's groups, if the caller already asked the host app for them.
         """
-        if self._presence_audience_loader is not None:
-            return [int(u) for u in self._presence_audience_loader(user_id)], []
-        peers = [
-            int(c.split("_", 1)[0])
-            for c in self.state.cache.conversation_ids(user_id)
-            if c.endswith("_User")
-        ]
-        return peers, group_ids if group_ids is not None else self.user_group_ids(user_id)
+        return delivery.presence_audience(self.state, user_id, group_ids)
 
     # -- sessions and history ------------------------------------------------------
 
@@ -664,40 +390,19 @@ class Chat:
         issued to the user so far is refused from now on, and their live connections
         are closed (code 4401) on every instance. A user still connected elsewhere when
         the job runs keeps their cache: it is persisted, not cleared."""
-        from .delivery import logout
-        from .jobs import enqueue_persist
-
         # First of all: websocket tokens issued so far stop working and the user's live
         # connections close, on every instance (the legacy logout cleared the user's
         # chat for all their browsers too).
-        logout(self.state, user_id)
+        delivery.logout(self.state, user_id)
         session_id = flask_session.pop(_SESSION_KEY, None) if has_request_context() else None
         self.state.history.close_session(user_id, session_id, self._now())
-        return enqueue_persist(self.state, user_id, clear=True)
+        return jobs.enqueue_persist(self.state, user_id, clear=True)
 
     def transcripts(self, user_id: int, page: int = 1, per_page: int = 10) -> dict[str, Any]:
         """The user's persisted history (``GET /chats/transcripts``): sessions newest
         first, each with its conversations — named, in order of their first message —
         and their messages, oldest first."""
-        body = self.state.history.transcripts(user_id, page, per_page)
-        names: dict[str, str | None] = {}
-        for item in body["sessions"]:
-            conversations = []
-            for key, entries in item["conversations"].items():
-                if key not in names:
-                    conv = ConversationKey.parse(key)
-                    who = self.get_group(conv.id) if conv.is_group else self.get_user(conv.id)
-                    names[key] = who.name if who else None
-                conversations.append(
-                    {
-                        "conversation": key,
-                        "type": key.split("_", 1)[1],
-                        "name": names[key],
-                        "messages": entries,
-                    }
-                )
-            item["conversations"] = conversations
-        return body
+        return reading.transcripts(self.state, user_id, page, per_page)
 
     def _now(self) -> datetime:
         """Now on the Redis server's clock, to the millisecond: the clock message ids
@@ -738,6 +443,30 @@ class Chat:
     ) -> None:
         """Tell live connections that users joined or left a group (call it from the
         host app after changing the membership); no reconnect is needed."""
-        from . import delivery
-
         delivery.membership(self.state, group_id, added, removed)
+
+
+def _redis_client(config: ChatConfig) -> tuple[redis.Redis, RedisCluster | None]:
+    """The process's Redis client for this config (and the same, typed as a cluster
+    client, on Redis Cluster)."""
+    if config.redis_cluster:
+        # One pool per node, blocking as below; the slot map is refreshed on MOVED and
+        # on connection errors.
+        cluster = RedisCluster.from_url(
+            config.redis_url,
+            decode_responses=True,
+            max_connections=config.redis_max_connections,
+            connection_pool_class=redis.BlockingConnectionPool,
+            timeout=10,
+        )
+        return cast(redis.Redis, cluster), cluster
+    # A blocking pool: under load, greenlets wait for a connection (up to the timeout)
+    # instead of failing once CHAT_REDIS_MAX_CONNECTIONS are in use.
+    return redis.Redis(
+        connection_pool=redis.BlockingConnectionPool.from_url(
+            config.redis_url,
+            decode_responses=True,
+            max_connections=config.redis_max_connections,
+            timeout=10,
+        )
+    ), None

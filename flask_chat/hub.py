@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 import gevent
 from gevent.event import Event
 
-from . import catchup, protocol
+from . import catchup, delivery, protocol
 from .cluster import ClusterSubscriber
 from .connection import PING_FRAME, Connection
 from .ids import format_id
 from .metrics import METRICS
 from .pubsub import Subscriber
-
-if TYPE_CHECKING:
-    from .extension import ChatState
+from .state import ChatState
 
 log = logging.getLogger("flask_chat.hub")
 
@@ -307,3 +305,49 @@ class Hub:
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
         self.subscriber.stop()
+
+
+# -- one hub per app per process -------------------------------------------------------
+
+HubListener = Callable[[Hub], None]
+_hubs: weakref.WeakKeyDictionary[ChatState, Hub] = weakref.WeakKeyDictionary()
+_listeners: weakref.WeakKeyDictionary[ChatState, list[HubListener]] = weakref.WeakKeyDictionary()
+
+
+def running_hub(state: ChatState) -> Hub | None:
+    """This process's hub for ``state``'s app, if it was started."""
+    return _hubs.get(state)
+
+
+def get_hub(state: ChatState) -> Hub:
+    """This process's hub for ``state``'s app, started on first use (the first
+    websocket or poll, or :func:`flask_chat.server.start_hub`)."""
+    hub = _hubs.get(state)
+    if hub is None:
+        app = state.app
+
+        def on_presence(user_id: int, online: bool) -> None:
+            # The reaper runs outside any request; the host's hooks may need the app.
+            with app.app_context():
+                delivery.presence(state, user_id, online)
+
+        hub = _hubs[state] = Hub(state, on_presence)
+        hub.start()
+        for listener in _listeners.get(state, ()):
+            listener(hub)
+        hub.subscriber.wait_connected(5.0)
+    return hub
+
+
+def add_listener(state: ChatState, listener: HubListener) -> None:
+    """Call ``listener(hub)`` when ``state``'s hub starts (at once if it runs)."""
+    _listeners.setdefault(state, []).append(listener)
+    hub = _hubs.get(state)
+    if hub is not None:
+        listener(hub)
+
+
+def has_listeners(state: ChatState) -> bool:
+    """Whether an add-on waits for the hub (so it should start with the server)."""
+    return bool(_listeners.get(state))
+

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from flask import Flask, current_app
@@ -22,9 +22,7 @@ from rq import Queue, Retry, Worker, get_current_job
 from . import deadletters
 from .persistence import Rejected, collect, decode_queue_records
 from .scripts import CLAIM_BATCH, RECLAIM_BATCH
-
-if TYPE_CHECKING:
-    from .extension import Chat, ChatState
+from .state import ChatState, current_state
 
 log = logging.getLogger("flask_chat.jobs")
 
@@ -41,11 +39,6 @@ DRAIN_LEASE_MS = 120_000
 #: A clear that dropped a user from the set of cached users and did not re-check within
 #: this many seconds died; the sweep re-checks that user.
 CLEARING_GRACE = 60.0
-
-
-def _chat() -> tuple[Chat, ChatState]:
-    chat: Chat = current_app.extensions["chat"]
-    return chat, chat.state
 
 
 def rq_connection(state: ChatState) -> redis.Redis:
@@ -72,7 +65,7 @@ def persist_users(user_ids: list[int], clear: bool = True) -> dict[str, int]:
     one that could not be persisted (it is counted in ``rejected`` and kept in the
     dead letters, see :mod:`flask_chat.deadletters`).
     """
-    _, state = _chat()
+    state = current_state()
     return persist_cached(state, user_ids, clear).summary
 
 
@@ -127,7 +120,7 @@ def sweep(
     cached users before re-checking them (older than ``recover_grace`` seconds), and
     write-behind batches of dead drains whose lease ran out (back to the queue, and a
     drain enqueued)."""
-    _, state = _chat()
+    state = current_state()
     size = batch_size or state.config.persist_batch_users
     grace = CLEARING_GRACE if recover_grace is None else recover_grace
     totals = {"users": 0, "messages": 0, "written": 0, "already": 0, "cleared": 0, "kept": 0,
@@ -156,7 +149,7 @@ def drain_write_behind(max_batches: int = 1000) -> dict[str, int]:
     messages, or that the database refuses on their data, go to the dead letters
     instead of blocking the rest (the caches still hold those messages).
     """
-    _, state = _chat()
+    state = current_state()
     keys = state.keys
     job = get_current_job()
     token = job.id if job is not None else uuid.uuid4().hex

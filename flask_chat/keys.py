@@ -171,7 +171,3 @@ class Keys:
 
     def group_channel(self, group_id: int) -> str:
         return f"{self.prefix}:ch:{{g:{group_id}}}"
-
-    def user_pattern(self) -> str:
-        """A SCAN pattern matching every per-user key of this prefix."""
-        return f"{self.prefix}:{{u:*}}:*"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Response, current_app, g, request
 from gevent.event import Event
@@ -24,15 +24,13 @@ from redis.exceptions import RedisError
 from . import catchup, delivery, protocol
 from .connection import Connection
 from .errors import ConfigurationError
-from .hub import RESYNC_MARGIN
+from .hub import RESYNC_MARGIN, get_hub, running_hub
 from .ids import format_id, is_valid_id
 from .metrics import METRICS
 from .server import check_gevent_patched
+from .state import ChatState, current_state
+from .upgrade import origin_allowed
 from .views import blueprint, json_response
-from .websocket import _origin_allowed, get_hub
-
-if TYPE_CHECKING:
-    from .extension import Chat
 
 #: How long a poll with nothing to say waits (below every proxy's idle timeout, and
 #: below the 60 s of the example HAProxy config).
@@ -92,15 +90,15 @@ def _error(status: int, code: str, message: str, **extra: Any) -> Response:
 
 @blueprint.get("/poll")
 def poll() -> Response:
-    chat: Chat = current_app.extensions["chat"]
-    state = chat.state
+    state = current_state()
     try:
         check_gevent_patched()
     except ConfigurationError as exc:
         return json_response(exc.to_dict(), 500)
-    if state.hub is not None and state.hub.draining:
+    hub = running_hub(state)
+    if hub is not None and hub.draining:
         return _error(503, "draining", "Reconnect elsewhere.")
-    if not _origin_allowed(state.config.allowed_origins):
+    if not origin_allowed(state.config.allowed_origins):
         METRICS.refused.labels("origin").inc()
         return _error(403, "forbidden_origin", "Cross-site poll refused.")
     user_id: int = g.chat_user_id  # the blueprint's login check answered 401 already
@@ -112,9 +110,9 @@ def poll() -> Response:
         # dropped by the client), as the bootstrap's position does.
         after = format_id(int((time.time() - RESYNC_MARGIN) * 1000), 0)
     try:
-        events = _wait(chat, user_id, after)
+        events = _wait(state, user_id, after)
         if request.args.get("online") == "1":
-            snapshot = delivery.online_snapshot(chat, state, user_id)
+            snapshot = delivery.online_snapshot(state, user_id)
             events.insert(0, protocol.online_snapshot(snapshot))
     except RedisError:
         return _error(503, "unavailable", "Try again shortly.")
@@ -126,12 +124,11 @@ def poll() -> Response:
     return response
 
 
-def _wait(chat: Chat, user_id: int, after: str) -> list[bytes]:
+def _wait(state: ChatState, user_id: int, after: str) -> list[bytes]:
     """The events for one poll: what was missed after ``after``, else the live events
     of the next moment something happens (or nothing, after POLL_TIMEOUT)."""
-    state = chat.state
-    hub = get_hub(chat, state)
-    listener = PollListener(user_id, chat.user_group_ids(user_id))
+    hub = get_hub(state)
+    listener = PollListener(user_id, state.hooks.user_group_ids(user_id))
     # Listening before reading: nothing published after the read can be missed.
     hub.join(listener, [hub.user_channel(user_id)]
              + [hub.group_channel(g) for g in listener.data["groups"]])

@@ -14,64 +14,31 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.client import Pipeline
 
 from . import protocol
+from .access import check_target
 from .cluster import run_acknowledged
 from .conversations import ConversationKey, valid_user_id
-from .errors import ChatError, Forbidden, NotFound, ValidationError
+from .directory import GroupInfo
+from .entries import Message
+from .errors import ChatError, NotFound, ValidationError
 from .ids import format_id, id_time, iso_utc
+from .jobs import enqueue_drain
 from .metrics import METRICS
 from .scripts import queue
+from .signals import message_sent
+from .state import ChatState
 
-if TYPE_CHECKING:
-    from .directory import GroupInfo
-    from .extension import Chat, ChatState
+__all__ = ["Message", "RateLimited", "send", "validate_text", "validate_idempotency_key"]
+
 
 
 class RateLimited(ChatError):
     code = "rate_limited"
     status = 429
-
-
-@dataclass(frozen=True)
-class Message:
-    """A stored message. ``conversation`` is the key as the sender sees it."""
-
-    id: str
-    conversation: ConversationKey
-    sender_id: int
-    message_text: str
-    image: str | None
-    sent_at: str
-    #: True when this answers a retried send (same idempotency key): nothing was sent.
-    replayed: bool = False
-
-    def cache_entry(self, type_: str) -> dict[str, Any]:
-        """The message as it sits in an owner's cache; ``type_`` is ``sent`` or ``received``."""
-        return {
-            "message_text": self.message_text,
-            "type": type_,
-            "image": self.image,
-            "id": self.id,
-            "sender_id": self.sender_id,
-            "sent_at": self.sent_at,
-        }
-
-    def for_sender(self) -> dict[str, Any]:
-        """What ``POST /chats/send_message`` answers: the message as the sender sees it."""
-        return {
-            "id": self.id,
-            "conversation": str(self.conversation),
-            "message_text": self.message_text,
-            "type": "sent",
-            "image": self.image,
-            "sender_id": self.sender_id,
-            "sent_at": self.sent_at,
-        }
 
 
 def validate_text(value: object, max_length: int) -> str:
@@ -108,28 +75,6 @@ def validate_text(value: object, max_length: int) -> str:
     return value
 
 
-def check_target(chat: Chat, sender_id: int, to: ConversationKey) -> GroupInfo | None:
-    """Check that ``sender_id`` may write to ``to``; returns the group for a group key."""
-    if not to.is_group:
-        if to.id == sender_id:
-            raise ValidationError(
-                "You cannot send a message to yourself.", code="invalid_recipient", field="to"
-            )
-        if chat.get_user(to.id) is None:
-            raise NotFound(f"There is no user {to.id}.", code="unknown_recipient", field="to")
-        if not chat.can_message(sender_id, to):
-            raise Forbidden(f"You may not message user {to.id}.", field="to")
-        return None
-    group = chat.get_group(to.id)
-    if group is None:
-        raise NotFound(f"There is no group {to.id}.", code="unknown_recipient", field="to")
-    if not chat.can_message(sender_id, to, group):
-        if chat.has_permission_handler:
-            raise Forbidden(f"You may not message group {to.id}.", field="to")
-        raise Forbidden(f"You are not a member of group {to.id}.", code="not_a_member", field="to")
-    return group
-
-
 #: What an idempotency key may be: a UUID, a ULID, hex or base64url all fit.
 IDEMPOTENCY_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -151,15 +96,15 @@ def _digest(conversation: ConversationKey, text: str) -> str:
 
 
 def send(
-    chat: Chat,
     state: ChatState,
     sender_id: object,
     to: object,
     text: object,
     idempotency_key: object = None,
 ) -> tuple[Message, list[int]]:
-    """Validate, store and publish one message; returns it and the users whose caches
-    received it (the sender excluded). Nothing is written unless every check passes.
+    """Validate, store and publish one message, then send ``message_sent``; returns it
+    and the users whose caches received it (the sender excluded). Nothing is written
+    unless every check passes.
 
     With an ``idempotency_key`` (unique per message, chosen by the client), a repeated
     send with the same key and content answers the original message — same id, stored
@@ -175,10 +120,10 @@ def send(
     conversation = ConversationKey.parse(to)
     message_text = validate_text(text, state.config.max_message_length)
     key = None if idempotency_key is None else validate_idempotency_key(idempotency_key)
-    sender = chat.get_user(sender_id)
+    sender = state.hooks.get_user(sender_id)
     if sender is None:
         raise NotFound(f"There is no user {sender_id}.", code="unknown_sender", field="sender_id")
-    group = check_target(chat, sender_id, conversation)
+    group = check_target(state.hooks, sender_id, conversation)
     keys = state.keys
 
     # Round trip 1: the rate limit (unless a claim does it below), the id, and (for a
@@ -242,11 +187,10 @@ def send(
     queued = _deliver(state, message, group, recipients)
     if queued == 1:
         # The queue was empty, so no drain job is pending: start one.
-        from .jobs import enqueue_drain
-
         enqueue_drain(state)
     METRICS.sends.inc()
     METRICS.send_latency.observe(time.perf_counter() - started)
+    message_sent.send(state.app, message=message, recipients=recipients)
     return message, recipients
 
 
@@ -376,7 +320,5 @@ def _replay(
     )
     if _deliver(state, message, group, [], persist=False) and state.config.persistence:
         if _deliver(state, message, group, []) == 1:
-            from .jobs import enqueue_drain
-
             enqueue_drain(state)
     return message

@@ -24,20 +24,19 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, and_, exc, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .cache import entry_from_event
+from .cache import ChatCache
 from .conversations import ConversationKey
+from .entries import entry_from_event
 from .errors import ChatError
-from .ids import id_time, is_valid_id
+from .hooks import HostHooks
+from .ids import id_time, is_valid_id, iso_utc
 from .models import messages, sessions, views
-
-if TYPE_CHECKING:
-    from .extension import ChatState
-
+from .settings import ChatConfig
 
 #: A user's session: (started, ended or None, session id).
 Span = tuple[datetime, datetime | None, int]
@@ -378,7 +377,6 @@ def _session_at(spans: list[Span] | None, at: datetime) -> int | None:
 
 
 def _iso(moment: datetime) -> str:
-    from .ids import iso_utc
 
     return iso_utc(_utc(moment))
 
@@ -430,12 +428,20 @@ class Collected:
         return out
 
 
-def collect(state: ChatState, user_ids: Iterable[int]) -> Collected:
+class CacheOwner(Protocol):
+    """What :func:`collect` reads of a :class:`~flask_chat.state.ChatState`."""
+
+    config: ChatConfig
+    cache: ChatCache
+    hooks: HostHooks
+
+
+def collect(state: CacheOwner, user_ids: Iterable[int]) -> Collected:
     """Read these users' caches (window and spill) into one batch. An entry that is not
     a message is left out (and in the cache) and listed in ``rejected``."""
     collected = Collected(Batch(), {}, {})
     for uid in user_ids:
-        groups = () if state.config.group_member_caches else _group_ids(uid)
+        groups = () if state.config.group_member_caches else state.hooks.user_group_ids(uid)
         own, shared = state.cache.export_raw(uid, groups)
         window: dict[str, list[str]] = {}
         for conversation, bodies in own.items():
@@ -473,12 +479,6 @@ def _read(collected: Collected, owner: int, conversation: str, mid: str, body: s
         collected.rejected.append(Rejected("cache", reason, body, mid, owner, conversation))
         return False
     return True
-
-
-def _group_ids(user_id: int) -> list[int]:
-    from flask import current_app
-
-    return current_app.extensions["chat"].user_group_ids(user_id)  # type: ignore[no-any-return]
 
 
 @dataclass

@@ -145,12 +145,3 @@ class Presence:
         now = time.time()
         scores = self.client.zmscore(self.keys.online(), [str(i) for i in ids])
         return [i for i, s in zip(ids, scores, strict=True) if s is not None and s > now]
-
-    def online_page(self, offset: int, limit: int) -> tuple[list[int], int]:
-        """A page of everyone online, and how many are online in all."""
-        now = time.time()
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrangebyscore(self.keys.online(), f"({now}", "+inf", start=offset, num=limit)
-        pipe.zcount(self.keys.online(), f"({now}", "+inf")
-        ids, total = pipe.execute()
-        return [int(i) for i in ids], int(total)

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .entries import Message
 from .errors import ChatError, ValidationError
-
-if TYPE_CHECKING:
-    from .messaging import Message
 
 # Opcodes (RFC 6455 section 5.2).
 OP_CONTINUATION = 0x0

@@ -128,34 +128,6 @@ end
 return trimmed
 """
 
-#: Remove the given message ids from one user's conversation; drop the conversation
-#: when it is left empty; raise the floor to the highest id removed.
-#: KEYS: [convs zset, index zset, bodies hash, floor string, spill hash (unused)]
-#: ARGV: [conversation key, floor ttl seconds, id, id, ...]. Returns how many ids were
-#: removed.
-#: Guarantee: only the named ids go, so a message that arrived after the caller read
-#: the cache survives the removal.
-REMOVE = """
-local removed = 0
-local highest = ''
-for i = 3, #ARGV do
-  if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
-    removed = removed + 1
-    if ARGV[i] > highest then highest = ARGV[i] end
-  end
-  redis.call('HDEL', KEYS[3], ARGV[i])
-end
-if removed > 0 then
-  local floor = redis.call('GET', KEYS[4])
-  if not floor or highest > floor then redis.call('SET', KEYS[4], highest, 'EX', ARGV[2]) end
-end
-if redis.call('ZCARD', KEYS[2]) == 0 then
-  redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('ZREM', KEYS[1], ARGV[1])
-end
-return removed
-"""
-
 #: Persist-then-clear's clear: remove what was persisted from one user's cache, in one
 #: step. KEYS: [convs zset, floor string, spill hash, then per conversation: index zset,
 #: bodies hash]. ARGV: [floor ttl seconds, number of spill fields, spill field, ...,
@@ -313,7 +285,6 @@ class Scripts:
     next_id: Script
     append: Script
     deliver: Script
-    remove: Script
     rate_limit: Script
     claim: Script
 
@@ -344,7 +315,6 @@ class Scripts:
             next_id=client.register_script(NEXT_ID),
             append=client.register_script(APPEND),
             deliver=client.register_script(DELIVER),
-            remove=client.register_script(REMOVE),
             rate_limit=client.register_script(RATE_LIMIT),
             claim=client.register_script(CLAIM_KEY),
         )

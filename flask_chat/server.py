@@ -19,6 +19,7 @@ import gevent
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from .errors import ConfigurationError
+from .hub import get_hub, has_listeners, running_hub
 
 
 def check_gevent_patched() -> None:
@@ -99,7 +100,7 @@ def make_server(
 
 def start_hub(app: Any) -> bool:
     """Start ``app``'s hub now, not with the first websocket, when an add-on listens
-    for it (``hub_listeners``: the Juggernaut bridge, which must consume ``juggernaut``
+    for it (``Chat.add_hub_listener``: the Juggernaut bridge, which must consume ``juggernaut``
     and translate legacy publishes while no client is connected). :func:`make_server`
     (and so :func:`serve`) calls it; under gunicorn, call it from the
     ``post_worker_init`` hook (``examples/gunicorn.conf.py``). Idempotent; whether the
@@ -107,13 +108,11 @@ def start_hub(app: Any) -> bool:
     chat = getattr(app, "extensions", {}).get("chat")
     if chat is None:
         return False  # not a Flask app with flask-chat (a WSGI middleware?): nothing to do
-    from .websocket import get_hub
-
-    with app.app_context():
-        state = chat.state
-        if state.hub is None and state.hub_listeners:
-            get_hub(chat, state)
-        return state.hub is not None
+    state = chat.state_of(app)
+    if running_hub(state) is None and has_listeners(state):
+        with app.app_context():  # the add-ons' listeners run in it, as in a request
+            get_hub(state)
+    return running_hub(state) is not None
 
 
 log = logging.getLogger("flask_chat.server")
@@ -124,8 +123,7 @@ def drain(app: Any, timeout: float = 10.0) -> None:
     chat = app.extensions.get("chat")
     if chat is None:
         return
-    with app.app_context():
-        hub = chat.state.hub
+    hub = running_hub(chat.state_of(app))
     if hub is not None:
         hub.drain(timeout)
 

@@ -3,32 +3,30 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flask import current_app, url_for
+from flask import url_for
 from jinja2.utils import htmlsafe_json_dumps
 from markupsafe import Markup, escape
 
-from . import csrf
+from . import csrf, reading
 from .conversations import ConversationKey
 from .ids import format_id
+from .state import ChatState, current_state
 from .websocket import make_token
-
-if TYPE_CHECKING:
-    from .extension import Chat
 
 BOOTSTRAP_ELEMENT_ID = "flask-chat-bootstrap"
 
 
-def bootstrap_data(chat: Chat, user_id: int) -> dict[str, Any]:
+def bootstrap_data(state: ChatState, user_id: int) -> dict[str, Any]:
     """Everything ``chat.js`` needs to rebuild the chat windows on page load."""
-    state = chat.state
-    me = chat.get_user(user_id)
-    history = chat.history(user_id)
+    hooks = state.hooks
+    me = hooks.get_user(user_id)
+    history = reading.history(state, user_id)
     windows = state.windows.get(user_id)
 
     # Names and images of everyone the windows show: 1:1 peers and group members.
-    group_ids: list[int] = chat.user_group_ids(user_id)
+    group_ids: list[int] = hooks.user_group_ids(user_id)
     peer_ids: list[int] = []
     for key in list(history) + [w["conversation"] for w in windows]:
         conv = ConversationKey.parse(key)
@@ -37,13 +35,13 @@ def bootstrap_data(chat: Chat, user_id: int) -> dict[str, Any]:
             ids.append(conv.id)
     groups: dict[str, dict[str, Any]] = {}
     for gid in group_ids:
-        group = chat.get_group(gid)
+        group = hooks.get_group(gid)
         if group is not None:
             groups[str(gid)] = group.to_dict()
             peer_ids.extend(m for m in group.members if m not in peer_ids)
     people: dict[str, dict[str, Any]] = {}
     for uid in peer_ids:
-        info = chat.get_user(uid) if uid != user_id else None
+        info = hooks.get_user(uid) if uid != user_id else None
         if info is not None:
             people[str(uid)] = info.to_dict()
     prefix = state.config.url_prefix
@@ -83,11 +81,11 @@ def chat_bootstrap() -> Markup:
     The JSON is escaped for HTML (``<``, ``>``, ``&`` and ``'`` become ``\\u`` escapes),
     so no message text or user name can end the script element or open a comment.
     """
-    chat: Chat = current_app.extensions["chat"]
-    user_id = chat.current_user_id()
+    state = current_state()
+    user_id = state.hooks.current_user_id()
     if user_id is None:
         return Markup("")
-    data = htmlsafe_json_dumps(bootstrap_data(chat, user_id))
+    data = htmlsafe_json_dumps(bootstrap_data(state, user_id))
     css = url_for("chat.static", filename="flask_chat/chat.css")
     js = url_for("chat.static", filename="flask_chat/chat.js")
     return Markup(

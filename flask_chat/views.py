@@ -18,18 +18,19 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.exceptions import NotFound as NotFoundError
 
-from . import csrf, delivery
+from . import csrf, delivery, messaging, reading
+from .access import check_can_open
 from .conversations import ConversationKey
 from .errors import (
     ChatError,
-    Forbidden,
     NotAuthenticated,
     NotFound,
     Unavailable,
     ValidationError,
 )
-from .extension import Chat
+from .hub import running_hub
 from .ids import is_valid_id
+from .state import ChatState, current_state
 from .windows import parse_state
 
 blueprint = Blueprint("chat", __name__, static_folder="static")
@@ -47,9 +48,8 @@ def json_response(body: Any, status: int = 200) -> Response:
     )
 
 
-def _chat() -> Chat:
-    chat: Chat = current_app.extensions["chat"]
-    return chat
+def _state() -> ChatState:
+    return current_state()
 
 
 #: Routes that answer without a logged-in user.
@@ -60,9 +60,9 @@ _PUBLIC = ("chat.static", "chat.health", "chat.websocket", "chat.api_send_messag
 def _authenticate() -> None:
     if request.endpoint in _PUBLIC:
         return
-    state = _chat().state
+    state = _state()
     request.max_content_length = state.config.max_request_bytes
-    user_id = _chat().current_user_id()
+    user_id = state.hooks.current_user_id()
     if user_id is None:
         raise NotAuthenticated("Log in to use the chat.")
     g.chat_user_id = user_id
@@ -127,7 +127,7 @@ def register_routing_errors(app: Flask) -> None:
 
 @blueprint.errorhandler(RequestEntityTooLarge)
 def _too_large(error: RequestEntityTooLarge) -> Response:
-    limit = _chat().state.config.max_request_bytes
+    limit = _state().config.max_request_bytes
     return json_response(
         {"error": "request_too_large", "message": f"The request body is over {limit} bytes."},
         413,
@@ -160,28 +160,13 @@ def _require(body: Mapping[str, Any], field: str) -> Any:
     return body[field]
 
 
-def check_can_open(user_id: int, conversation: ConversationKey) -> None:
-    """May ``user_id`` read (or open a window on) ``conversation``?"""
-    chat = _chat()
-    if conversation.is_group:
-        group = chat.get_group(conversation.id)
-        if group is None:
-            raise NotFound(f"There is no group {conversation.id}.", code="unknown_recipient")
-        if user_id not in group.members:
-            raise Forbidden(
-                f"You are not a member of group {conversation.id}.", code="not_a_member"
-            )
-    elif chat.get_user(conversation.id) is None:
-        raise NotFound(f"There is no user {conversation.id}.", code="unknown_recipient")
-
-
 @blueprint.post("/send_message")
 def send_message() -> Response:
     body = read_body()
     to = _require(body, "to")
     text = _require(body, "message_text")
-    message = _chat().send_message(
-        g.chat_user_id, to, text, request.headers.get("Idempotency-Key"))
+    message, _ = messaging.send(
+        _state(), g.chat_user_id, to, text, request.headers.get("Idempotency-Key"))
     return json_response(message.for_sender(), 201)
 
 
@@ -190,7 +175,7 @@ def api_send_message() -> Response:
     """Send as any user, for trusted servers (a Rails app moving off ``Juggernaut.publish``):
     ``Authorization: Bearer <CHAT_API_TOKEN>``, JSON ``sender_id``, ``to``,
     ``message_text``. Not a browser route: no session, so no CSRF."""
-    config = _chat().state.config
+    config = _state().config
     if not config.api_token:
         raise NotFound("The server send API is not enabled (set CHAT_API_TOKEN).",
                        code="not_found")
@@ -206,14 +191,16 @@ def api_send_message() -> Response:
     sender = _require(body, "sender_id")
     if isinstance(sender, str) and _DIGITS.fullmatch(sender):
         sender = int(sender)
-    message = _chat().send_message(sender, _require(body, "to"), _require(body, "message_text"),
-                                   request.headers.get("Idempotency-Key"))
+    message, _ = messaging.send(
+        _state(), sender, _require(body, "to"), _require(body, "message_text"),
+        request.headers.get("Idempotency-Key"),
+    )
     return json_response(message.for_sender(), 201)
 
 
 @blueprint.get("/history")
 def history() -> Response:
-    return json_response(_chat().history(g.chat_user_id))
+    return json_response(reading.history(_state(), g.chat_user_id))
 
 
 #: ASCII digits only, and few of them: str.isdigit() accepts "²" and "٣", which int()
@@ -237,15 +224,15 @@ def _int_arg(name: str, default: int, maximum: int, minimum: int = 1) -> int:
 @blueprint.get("/conversations/<key>")
 def conversation(key: str) -> Response:
     conv = ConversationKey.parse(key, field="key")
-    check_can_open(g.chat_user_id, conv)
-    page_size = _chat().state.config.page_size
+    check_can_open(_state().hooks, g.chat_user_id, conv)
+    page_size = _state().config.page_size
     limit = _int_arg("limit", page_size, page_size * 4)
     before = request.args.get("before")
     if before is not None and not is_valid_id(before):
         raise ValidationError(
             "'before' must be a message id.", code="invalid_parameter", field="before"
         )
-    cache = _chat().state.cache
+    cache = _state().cache
     messages = cache.page(g.chat_user_id, str(conv), before, limit)
     if conv.is_group:
         # Members who were offline missed some group messages in their own cache; the
@@ -256,7 +243,7 @@ def conversation(key: str) -> Response:
     if len(messages) < limit:
         # The cache is a window: older messages come from SQL, the record.
         oldest = messages[-1]["id"] if messages else before
-        older = _chat().state.history.conversation_page(
+        older = _state().history.conversation_page(
             g.chat_user_id, conv, oldest, limit - len(messages)
         )
         messages.extend(older)
@@ -272,7 +259,7 @@ def conversation(key: str) -> Response:
 
 @blueprint.get("/windows")
 def windows() -> Response:
-    return json_response({"windows": _chat().state.windows.get(g.chat_user_id)})
+    return json_response({"windows": _state().windows.get(g.chat_user_id)})
 
 
 @blueprint.post("/windows")
@@ -280,8 +267,8 @@ def set_window() -> Response:
     body = read_body()
     conv = ConversationKey.parse(_require(body, "conversation"), field="conversation")
     state = parse_state(_require(body, "state"))
-    check_can_open(g.chat_user_id, conv)
-    chat_state = _chat().state
+    check_can_open(_state().hooks, g.chat_user_id, conv)
+    chat_state = _state()
     chat_state.windows.set(g.chat_user_id, str(conv), state)
     delivery.window(chat_state, g.chat_user_id, str(conv), state)
     return json_response({"windows": chat_state.windows.get(g.chat_user_id)})
@@ -291,20 +278,20 @@ def set_window() -> Response:
 def transcripts() -> Response:
     page = _int_arg("page", 1, 1_000_000)
     per_page = _int_arg("per_page", 10, 100)
-    return json_response(_chat().transcripts(g.chat_user_id, page, per_page))
+    return json_response(reading.transcripts(_state(), g.chat_user_id, page, per_page))
 
 
 @blueprint.get("/online_users")
 def online_users() -> Response:
     """The online users the current user can see (shares a group or a conversation)."""
-    chat = _chat()
-    page_size = chat.state.config.page_size
+    state = _state()
+    page_size = state.config.page_size
     limit = _int_arg("limit", page_size, page_size * 4)
     start = _int_arg("offset", 0, 10**9, minimum=0)
-    ids = sorted(delivery.online_snapshot(chat, chat.state, g.chat_user_id))
+    ids = sorted(delivery.online_snapshot(state, g.chat_user_id))
     users = []
     for uid in ids[start : start + limit]:
-        info = chat.get_user(uid)
+        info = state.hooks.get_user(uid)
         if info is not None:
             users.append(info.to_dict())
     return json_response({"users": users, "total": len(ids), "offset": start, "limit": limit})
@@ -313,8 +300,8 @@ def online_users() -> Response:
 @blueprint.get("/health")
 def health() -> Response:
     """For load balancer checks: 200 while this instance takes connections, else 503."""
-    state = _chat().state
-    hub = state.hub
+    state = _state()
+    hub = running_hub(state)
     try:
         redis_ok = bool(state.redis.ping())
     except Exception:  # any failure to reach Redis means "unhealthy", which we report

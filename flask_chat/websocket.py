@@ -1,49 +1,43 @@
 """The websocket endpoint, ``/chats/ws``, and what each client frame does.
 
-The route is a Werkzeug websocket rule on flask-chat's blueprint, as flask-sock
-registers its routes, and the handshake is simple-websocket's (flask-sock's engine).
-After the handshake flask-chat takes the socket over with its own lean connection loop
-(:mod:`flask_chat.connection`): no greenlet and no thread per idle connection, writes
-that never block, one framing per event however many sockets receive it.
+The route is declared through flask-sock (:mod:`flask_chat.upgrade`), with every
+refusal (origin, login, connection cap, bad parameters) answered over HTTP before the
+handshake. After the handshake flask-chat takes the socket over with its own lean
+connection loop (:mod:`flask_chat.connection`): no greenlet and no thread per idle
+connection, writes that never block, one framing per event however many sockets
+receive it.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import secrets
-import socket
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 import gevent
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 from gevent.event import Event
-from gevent.monkey import get_original
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from redis.exceptions import RedisClusterException, RedisError
 
-from . import catchup, delivery, protocol
+from . import catchup, delivery, messaging, protocol
+from .access import check_can_open, check_target
 from .connection import Connection
 from .conversations import ConversationKey
 from .errors import ChatError, ConfigurationError, Unavailable, ValidationError
-from .hub import Hub
+from .hub import get_hub, running_hub
 from .ids import is_valid_id
 from .limits import TokenBucket
-from .messaging import check_target
 from .metrics import METRICS
 from .server import check_gevent_patched
-from .views import blueprint, check_can_open, json_response
+from .state import ChatState, current_state
+from .upgrade import check_handshake, hand_over, origin_allowed, take_socket, websocket_route
+from .views import blueprint, json_response
 from .windows import parse_state
-
-if TYPE_CHECKING:
-    from .extension import Chat, ChatState
 
 log = logging.getLogger("flask_chat.websocket")
 
 _TOKEN_SALT = "flask-chat-websocket"
-_RawSocket = get_original("socket", "socket")
 
 
 def _serializer(app: Flask) -> URLSafeTimedSerializer:
@@ -53,7 +47,7 @@ def _serializer(app: Flask) -> URLSafeTimedSerializer:
 def make_token(user_id: int) -> str:
     """A signed, short-lived websocket token for ``user_id`` (the bootstrap carries it),
     valid until it expires or the user logs out (which bumps their token generation)."""
-    state = current_app.extensions["chat"].state
+    state = current_state()
     generation = int(state.redis.get(state.keys.token_generation(user_id)) or 0)
     return _serializer(current_app).dumps([user_id, generation])
 
@@ -74,114 +68,28 @@ def _token_user(state: ChatState, token: str) -> int | None:
     return user_id if generation == current else None
 
 
-def check_handshake() -> None:
-    """Refuse a malformed upgrade with a 4xx before anything is written to the socket
-    (wsproto would raise on it, and a 500 is not an answer)."""
-    version = request.headers.get("Sec-WebSocket-Version", "")
-    if version.strip() != "13":
-        raise ChatError(
-            "Only websocket protocol version 13 is supported.",
-            code="unsupported_websocket_version",
-            status=426,
-        )
-    key = request.headers.get("Sec-WebSocket-Key", "").strip()
-    try:
-        valid_key = len(base64.b64decode(key, validate=True)) == 16
-    except (ValueError, binascii.Error):
-        valid_key = False
-    if not valid_key:
-        raise ChatError(
-            "'Sec-WebSocket-Key' must be 16 random bytes in base64.",
-            code="bad_handshake",
-            status=400,
-        )
-
-
-def _origin_allowed(allowed: tuple[str, ...]) -> bool:
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True  # not a browser: cross-site websocket hijacking needs one
-    own = f"{request.scheme.replace('ws', 'http')}://{request.host}"
-    if origin == own or origin in allowed or "*" in allowed:
-        return True
-    # Behind a TLS-terminating proxy the scheme we see may be http.
-    parsed = urlsplit(origin)
-    return (
-        parsed.netloc == request.host
-        and parsed.scheme in ("http", "https")
-        and (request.headers.get("X-Forwarded-Proto", parsed.scheme) == parsed.scheme)
-    )
-
-
-class _NoThread:
-    """simple-websocket starts a reader thread after the handshake; flask-chat's own
-    loop reads instead, so the thread is never started."""
-
-    def __init__(self, target: Any = None, **kwargs: Any) -> None:
-        self.name = "flask-chat"
-
-    def start(self) -> None:
-        pass
-
-
-class _Detached(Response):
-    """A response that writes nothing: the socket now belongs to the websocket."""
-
-    def __call__(self, environ: Any, start_response: Any) -> Any:
-        if "gunicorn.socket" in environ:
-            raise StopIteration()  # gunicorn's way to say "already handled"
-        return []
-
-
-def get_hub(chat: Chat, state: ChatState) -> Hub:
-    if state.hub is None:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-
-        def on_presence(user_id: int, online: bool) -> None:
-            with app.app_context():
-                announce_presence(chat, state, user_id, online)
-
-        hub = Hub(state, on_presence)
-        state.hub = hub
-        hub.start()
-        for listener in state.hub_listeners:
-            listener(hub)
-        hub.subscriber.wait_connected(5.0)
-    return state.hub
-
-
-def announce_presence(
-    chat: Chat,
-    state: ChatState,
-    user_id: int,
-    online: bool,
-    audience: tuple[list[int], list[int]] | None = None,
-) -> None:
-    METRICS.presence_changes.labels("online" if online else "offline").inc()
-    delivery.presence(chat, state, user_id, online, audience)
-
-
-@blueprint.route("/ws", websocket=True)
-def websocket() -> Response:
-    chat: Chat = current_app.extensions["chat"]
-    state = chat.state
+def _refusal(state: ChatState) -> Response | None:
+    """Everything that can refuse a websocket, checked on the HTTP request before the
+    handshake: an answer (4xx/5xx JSON), or None to let it through. Sets ``g.chat_ws``
+    to (user id, ``after``) for the endpoint."""
     config = state.config
     try:
         check_gevent_patched()
     except ConfigurationError as exc:
         log.error("%s", exc)
         return json_response(exc.to_dict(), 500)
-    if state.hub is not None and state.hub.draining:
+    hub = running_hub(state)
+    if hub is not None and hub.draining:
         METRICS.refused.labels("draining").inc()
         return json_response({"error": "draining", "message": "Reconnect elsewhere."}, 503)
-    if not _origin_allowed(config.allowed_origins):
+    if not origin_allowed(config.allowed_origins):
         METRICS.refused.labels("origin").inc()
         return json_response(
             {"error": "forbidden_origin", "message": "Cross-site websocket refused."}, 403
         )
     check_handshake()
     token = request.args.get("token")
-    user_id = _token_user(state, token) if token else chat.current_user_id()
+    user_id = _token_user(state, token) if token else state.hooks.current_user_id()
     if user_id is None:
         METRICS.refused.labels("anonymous").inc()
         return json_response({"error": "not_authenticated", "message": "Log in first."}, 401)
@@ -203,23 +111,32 @@ def websocket() -> Response:
              "field": "after"},
             400,
         )
-    group_ids = chat.user_group_ids(user_id)
-    hub = get_hub(chat, state)
+    g.chat_ws = (user_id, after)
+    return None
 
-    raw = accept_socket()
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+@websocket_route(blueprint, "/ws", check=lambda: _refusal(current_state()))
+def websocket(ws: Any) -> None:
+    state = current_state()
+    config = state.config
+    user_id, after = g.chat_ws
+    group_ids = state.hooks.user_group_ids(user_id)
+    hub = get_hub(state)
+
+    raw = take_socket(ws)
+    app = state.app
     done = Event()
 
     def on_text(conn: Connection, text: str) -> None:
         with app.app_context():
-            handle_frame(chat, state, conn, text)
+            handle_frame(state, conn, text)
 
     def on_close(conn: Connection) -> None:
         hub.remove(conn)
         done.set()
         if hub.draining:
             return  # the client reconnects elsewhere; presence expires if it does not
-        gevent.spawn(_disconnected, app, chat, state, conn.user_id, conn.id)
+        gevent.spawn(_disconnected, app, state, conn.user_id, conn.id)
 
     conn = Connection(
         raw,
@@ -243,10 +160,10 @@ def websocket() -> Response:
     try:
         conn.write(protocol.ws_frame(protocol.hello(user_id, conn.id, config.ping_interval)))
         conn.start()
-        audience = chat.presence_audience(user_id, group_ids)  # asked the host once
+        audience = delivery.presence_audience(state, user_id, group_ids)  # asked the host once
         if state.presence.connect(user_id, conn.id):
-            announce_presence(chat, state, user_id, True, audience)
-        snapshot = delivery.online_snapshot(chat, state, user_id, audience)
+            delivery.presence(state, user_id, True, audience)
+        snapshot = delivery.online_snapshot(state, user_id, audience)
         conn.write(protocol.ws_frame(protocol.online_snapshot(snapshot)))
         if after is not None:
             if subscribed is not None:
@@ -259,42 +176,14 @@ def websocket() -> Response:
         # client reconnects) and leave the hub as it was.
         conn.abort()
         raise
-
-    return hand_over(done)
-
-
-def accept_socket() -> Any:
-    """Complete the websocket handshake of the current request and take the socket:
-    a plain non-blocking socket, with Nagle off, for :class:`Connection`."""
-    # No compression (costly per message, rarely worth it for short chat frames):
-    # simple-websocket accepts permessage-deflate whenever it is offered.
-    from simple_websocket import Server
-
-    environ = {k: v for k, v in request.environ.items() if k != "HTTP_SEC_WEBSOCKET_EXTENSIONS"}
-    ws = Server(environ, thread_class=_NoThread)
-    gsock = ws.sock
-    raw = _RawSocket(gsock.family, gsock.type, gsock.proto, fileno=gsock.detach())
-    raw.setblocking(False)
-    if raw.family in (socket.AF_INET, socket.AF_INET6):
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return raw
+    hand_over(done)
 
 
-def hand_over(done: Event) -> Response:
-    """End the request, leaving its socket to the connection."""
-    detach = request.environ.get("flask_chat.detach")
-    if detach is not None:
-        detach()  # our gevent server forgets the socket; no greenlet stays parked
-    else:
-        done.wait()  # other servers (gunicorn): park this greenlet until the end
-    return _Detached()
-
-
-def _disconnected(app: Flask, chat: Chat, state: ChatState, user_id: int, conn_id: str) -> None:
+def _disconnected(app: Flask, state: ChatState, user_id: int, conn_id: str) -> None:
     with app.app_context():
         try:
             if state.presence.disconnect(user_id, conn_id):
-                announce_presence(chat, state, user_id, False)
+                delivery.presence(state, user_id, False)
         except Exception:
             log.exception("flask-chat: presence update failed for user %s", user_id)
 
@@ -305,7 +194,7 @@ def _require(frame: dict[str, Any], field: str) -> Any:
     return frame[field]
 
 
-def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> None:
+def handle_frame(state: ChatState, conn: Connection, text: str) -> None:
     """Handle one client frame; a bad one gets an error frame, never a crash."""
     ref = None
     try:
@@ -324,14 +213,14 @@ def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> N
                 status=429,
             )
         if kind == "send":
-            message = chat.send_message(
-                conn.user_id, _require(frame, "to"), _require(frame, "message_text"),
+            message, _ = messaging.send(
+                state, conn.user_id, _require(frame, "to"), _require(frame, "message_text"),
                 frame.get("key"),
             )
             conn.send_text(protocol.ack(ref, message))
         elif kind == "typing":
             to = ConversationKey.parse(_require(frame, "to"))
-            check_target(chat, conn.user_id, to)
+            check_target(state.hooks, conn.user_id, to)
             delivery.typing(state, conn.user_id, to)
         elif kind == "read":
             to = ConversationKey.parse(_require(frame, "to"))
@@ -340,7 +229,7 @@ def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> N
                 raise ValidationError(
                     "'id' must be a message id.", code="invalid_field", field="id"
                 )
-            check_can_open(conn.user_id, to)
+            check_can_open(state.hooks, conn.user_id, to)
             delivery.read_mark(state, conn.user_id, to, message_id)
         elif kind == "catchup":
             after = _require(frame, "after")
@@ -352,7 +241,7 @@ def handle_frame(chat: Chat, state: ChatState, conn: Connection, text: str) -> N
         elif kind == "window":
             conversation = ConversationKey.parse(_require(frame, "conversation"), "conversation")
             window_state = parse_state(_require(frame, "state"))
-            check_can_open(conn.user_id, conversation)
+            check_can_open(state.hooks, conn.user_id, conversation)
             state.windows.set(conn.user_id, str(conversation), window_state)
             delivery.window(state, conn.user_id, str(conversation), window_state)
         elif kind == "ping":

@@ -191,7 +191,9 @@ def test_a_message_arriving_during_clear_survives(app: Flask) -> None:
         cache.client.srem(cache.keys.cached_users(), 2)
         history = cache.export(2)
         chat.send_message(1, "2_User", "new")  # lands between the read and the removal
-        cache.remove(2, {c: [m["id"] for m in d["messages"]] for c, d in history.items()})
+        cache.remove_listed(
+            2, {c: [m["id"] for m in d["messages"]] for c, d in history.items()}
+        )
         left = chat.history(2)["1_User"]["messages"]
         assert [m["message_text"] for m in left] == ["new"]
         assert 2 in set(chat.cached_user_ids())
