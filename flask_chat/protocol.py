@@ -202,6 +202,18 @@ PONG = dumps({"type": "pong"})
 # -- client -> server ------------------------------------------------------------------
 
 
+def _valid_ref(ref: object) -> bool:
+    """A string (that can be echoed: no lone surrogate) or an integer (not a boolean,
+    which Python counts as one), of at most 64 characters."""
+    if isinstance(ref, str):
+        try:
+            ref.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return len(ref) <= 64
+    return isinstance(ref, int) and not isinstance(ref, bool) and len(str(ref)) <= 64
+
+
 def parse_client_frame(text: str, extra_types: tuple[str, ...] = ()) -> dict[str, Any]:
     """Decode and check the envelope of a client frame; fields are checked by handlers.
     ``extra_types`` are frame types add-ons (the Juggernaut bridge) handle."""
@@ -213,7 +225,7 @@ def parse_client_frame(text: str, extra_types: tuple[str, ...] = ()) -> dict[str
     if not isinstance(frame, dict):
         raise ValidationError("A frame must be a JSON object.", code="invalid_frame")
     ref = frame.get("ref")
-    if ref is not None and not (isinstance(ref, (str, int)) and len(str(ref)) <= 64):
+    if ref is not None and not _valid_ref(ref):
         raise ValidationError(
             "'ref' must be a string or number of at most 64 characters.",
             code="invalid_field",

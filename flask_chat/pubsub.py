@@ -17,7 +17,7 @@ import random
 import socket
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
 import gevent
@@ -79,6 +79,9 @@ class Subscriber:
         self._message = b"smessage" if sharded else b"message"
         self._dropped = b"sunsubscribe" if sharded else b"unsubscribe"
         self.channels: set[bytes] = set()
+        #: Unsubscribes sent on the current connection and not answered yet: their
+        #: replies are ours, not drops, even for a channel wanted again since.
+        self._unsubscribing: Counter[bytes] = Counter()
         self.connected = False
         self.reconnects = 0
         #: When the connection was last lost (time.time()), for callers that must
@@ -146,6 +149,8 @@ class Subscriber:
         if not gone:
             return
         self.channels.difference_update(gone)
+        if self._sock is not None:
+            self._unsubscribing.update(gone)
         self._send_batched(self._unsubscribe, gone)
 
     def _send_batched(self, command: bytes, channels: list[bytes]) -> None:
@@ -235,6 +240,7 @@ class Subscriber:
                 self.reconnects += 1
             failures = 0
             self._sock = sock
+            self._unsubscribing.clear()
             self.connected = True
             self._send_batched(self._subscribe, list(self.channels))
             if (self.reconnects or self._confirm_pending) and self.on_reconnect is not None:
@@ -290,6 +296,7 @@ class Subscriber:
                 elif (
                     isinstance(reply, list)
                     and reply[:1] == [self._dropped]
+                    and not self._answered_unsubscribe(reply[1])
                     and reply[1] in self.channels
                 ):
                     # Dropped by the server while still wanted (sharded: the slot moved).
@@ -314,6 +321,16 @@ class Subscriber:
             self._drop([c for c in self.channels if key_slot(c) == slot])
         else:
             self._trouble()
+
+    def _answered_unsubscribe(self, channel: bytes) -> bool:
+        """Whether this unsubscribe reply answers one of ours (else the server dropped
+        the channel)."""
+        if self._unsubscribing[channel] <= 0:
+            return False
+        self._unsubscribing[channel] -= 1
+        if not self._unsubscribing[channel]:
+            del self._unsubscribing[channel]
+        return True
 
     def _drop(self, channels: list[bytes]) -> None:
         """Channels the server does not hold for us: forget them, and say so."""

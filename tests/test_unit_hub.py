@@ -285,12 +285,6 @@ def test_every_connection_catches_up_after_the_subscriber_reconnects(
     until(lambda: subscribers(r, hub.user_channel(1)) == 1, what="the resubscribe")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the subscriber takes the server's reply to an UNSUBSCRIBE for a channel wanted "
-    "again since (left and joined before Redis answered) as a drop, and forgets the "
-    "channel: it is not subscribed again after a reconnect",
-)
 def test_a_channel_left_and_joined_again_at_once_survives_a_reconnect(
     hub: Hub, make: Make, r: redis.Redis
 ) -> None:
