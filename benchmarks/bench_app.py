@@ -5,6 +5,7 @@ members 1..``group_size`` (the fan-out scenario); every other user is in no grou
 websocket authenticates with ``?token=`` (:func:`flask_chat.websocket.make_token`);
 HTTP requests say who they are with an ``X-Bench-User`` header (this app only: it is a
 benchmark, not a login scheme). CSRF is off, and so is the per-user send rate limit.
+``POST /bare`` is a bare JSON route, the baseline ``send_message`` is compared with.
 
 This module does not monkey-patch; ``chat_server.py`` (the entry point) does.
 """
@@ -64,6 +65,13 @@ def create_app(redis_url: str, group_size: int = 1000, **extra: Any) -> Flask:
     def current_user() -> int | None:
         raw = request.headers.get("X-Bench-User", "")
         return int(raw) if raw.isdigit() else None
+
+    @app.post("/bare")
+    def bare() -> dict[str, Any]:
+        # The yardstick for POST /chats/send_message: what Flask alone costs on the same
+        # server for a request of the same size (read a JSON body, answer a small JSON one).
+        body = request.get_json(silent=True) or {}
+        return {"ok": True, "to": body.get("to")}
 
     chat.init_app(app)
     return app

@@ -1,7 +1,7 @@
 """Real-time benchmark: flask-chat against a minimal Node ``ws`` server and Flask-SocketIO.
 
-    .venv/bin/python benchmarks/realtime.py                 # everything (~6 minutes)
-    .venv/bin/python benchmarks/realtime.py --quick         # small sizes, ~1.5 minutes
+    .venv/bin/python benchmarks/realtime.py                 # everything (~8 minutes)
+    .venv/bin/python benchmarks/realtime.py --quick         # small sizes, ~2.5 minutes
     .venv/bin/python benchmarks/realtime.py --only flask-chat --scenario fanout
 
 Starts a real redis-server, then for each server under test (flask-chat's benchmark
@@ -14,14 +14,24 @@ fan-out
     group (by 8 of its members, over the websocket) at increasing offered rates. Every
     delivery is counted; latency is receive time minus send time (the sender puts its
     clock in the message text). Reported: the highest deliveries/s with p99 <= 100 ms
-    and nothing lost.
+    and nothing lost, and the server's CPU time per delivery in that step.
 1:1
     ``--direct-users`` (2,000) users connected in pairs, each message from one user to
     its partner. Websocket ``send`` frames at increasing offered rates (the highest
-    msgs/s with p99 <= 100 ms and nothing lost), and at an offered 1,000/s; then the
-    HTTP send path (flask-chat: ``POST /chats/send_message``) with 32 keep-alive
-    connections sending back to back (sends/s, p50/p99 of the response), and at an
-    offered 1,000 sends/s.
+    msgs/s with p99 <= 100 ms and nothing lost, with the server's CPU time per
+    delivery), and at an offered 1,000/s; then the HTTP send path (flask-chat:
+    ``POST /chats/send_message``) with 32 keep-alive connections sending back to back
+    (sends/s, p50/p99 of the response), the same requests to a bare JSON route on the
+    same flask-chat server (``POST /bare``), and an offered 1,000 sends/s.
+group-connect
+    All ``--fanout-members`` members of one group connecting, 100 at a time: the time
+    until each has its connect-ending frame, and until the presence frames stop
+    (flask-chat tells the group about each member who comes online).
+churn
+    ``--churn-users`` (500) members of the group connected; a fifth of them leave and
+    come back at once (a page navigation) at ``--churn-rate`` (20) reconnects/s for
+    ``--churn-seconds`` (12), while the others count the presence frames they are told
+    and the offline-then-online "flaps". Reconnects/s and reconnect latency.
 idle
     ``--idle-connections`` (15,000) connections opened 100 at a time from 16 source
     addresses (127.0.0.2-17, so ephemeral ports do not run out): connects/s, the server's
@@ -62,7 +72,7 @@ from flask_chat.embedded import RedisServer  # noqa: E402
 
 IMPLEMENTATIONS = ("flask-chat", "node-ws", "socketio")
 LABELS = {"flask-chat": "flask-chat", "node-ws": "Node ws", "socketio": "Flask-SocketIO"}
-SCENARIOS = ("fanout", "direct", "idle")
+SCENARIOS = ("fanout", "direct", "group-connect", "churn", "idle")
 SOURCES = [f"127.0.0.{i}" for i in range(2, 18)]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -327,7 +337,9 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         wall = max(1e-6, time.monotonic() - self.t0)
-        used = {name: (cpu_seconds(pid) - self.c0[name]) / wall for name, pid in self.pids.items()}
+        #: CPU seconds each process used (``stop`` returns them per second of wall time).
+        self.seconds = {name: cpu_seconds(pid) - self.c0[name] for name, pid in self.pids.items()}
+        used = {name: v / wall for name, v in self.seconds.items()}
         own = sum(used.values()) + 0.02  # this script and the kernel's share
         used["other"] = max(0.0, (busy_seconds() - self.b0) / wall - own)
         CpuMeter.worst_other = max(CpuMeter.worst_other, used["other"])
@@ -457,6 +469,10 @@ class Settings:
     http_concurrency: int
     connect_concurrency: int
     connect_timeout: float
+    churn_users: int
+    churn_rate: float
+    churn_seconds: float
+    churn_gap_ms: int
     profile: str | None
     redis_max_connections: int
     flask_chat_path: str | None
@@ -484,9 +500,13 @@ def passed(step: dict[str, Any]) -> bool:
     )
 
 
+def fms(v: float | None) -> str:
+    """Milliseconds (or any figure) to one decimal; "-" for none."""
+    return "-" if v is None else f"{v:.1f}"
+
+
 def step_line(label: str, step: dict[str, Any], cpu: dict[str, float], unit: str) -> str:
     lat = step["latency"]
-    p = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     extra = ""
     if step.get("errors"):
         extra += f" errors {step['errors']} {step['errorSamples'][:1]}"
@@ -497,10 +517,10 @@ def step_line(label: str, step: dict[str, Any], cpu: dict[str, float], unit: str
     if step["received"] > step["expected"]:
         extra += f" (+{step['received'] - step['expected']:,} more than expected)"
     if step.get("ack", {}).get("n"):
-        extra += f"  (ack p50 {p(step['ack']['p50'])} p99 {p(step['ack']['p99'])} ms)"
+        extra += f"  (ack p50 {fms(step['ack']['p50'])} p99 {fms(step['ack']['p99'])} ms)"
     return (
-        f"    {label}: {step['deliveredPerSec']:>9,.0f} {unit}  p50 {p(lat['p50'])} ms"
-        f"  p99 {p(lat['p99'])} ms  max {p(lat['max'])} ms  lost {step['lost']:,}/"
+        f"    {label}: {step['deliveredPerSec']:>9,.0f} {unit}  p50 {fms(lat['p50'])} ms"
+        f"  p99 {fms(lat['p99'])} ms  max {fms(lat['max'])} ms  lost {step['lost']:,}/"
         f"{step['expected']:,}  cpu {fmt_cpu(cpu)}{extra}"
     )
 
@@ -622,16 +642,23 @@ def scenario_fanout(impl: str, env: Env, s: Settings, results: Results) -> None:
                 drainMs=s.drain_ms,
             )
             step["cpu"] = meter.stop()
+            step["server_cpu_s"] = meter.seconds["server"]
             step["rate"] = rate
             return dict(step)
 
         best, steps = ladder(run, s.fanout_start, s, "offered msgs", "deliveries/s")
         if profiler:
             profiler.stop()
+        if best:
+            log(
+                f"    best step: {best['deliveredPerSec']:,.0f} deliveries/s,"
+                f" server CPU {cpu_per_delivery(best):.1f} us per delivery"
+            )
     results.put(impl, "fanout", best["deliveredPerSec"] if best else 0.0)
     results.put(impl, "fanout_capped", bool(best and best.get("capped")))
     results.put(impl, "fanout_p99", best["latency"]["p99"] if best else None)
     results.put(impl, "fanout_client_cpu", best["clientCpu"] if best else None)
+    results.put(impl, "fanout_cpu_us", cpu_per_delivery(best))
     results.put(impl, "fanout_steps", steps)
 
 
@@ -661,6 +688,7 @@ def scenario_direct(impl: str, env: Env, s: Settings, results: Results) -> None:
                 drainMs=s.drain_ms,
             )
             step["cpu"] = meter.stop()
+            step["server_cpu_s"] = meter.seconds["server"]
             step["rate"] = rate
             return dict(step)
 
@@ -672,6 +700,12 @@ def scenario_direct(impl: str, env: Env, s: Settings, results: Results) -> None:
         results.put(impl, "direct_ws_capped", bool(best and best.get("capped")))
         results.put(impl, "direct_ws_p99", best["latency"]["p99"] if best else None)
         results.put(impl, "direct_ws_client_cpu", best["clientCpu"] if best else None)
+        results.put(impl, "direct_ws_cpu_us", cpu_per_delivery(best))
+        if best:
+            log(
+                f"    best step: {best['deliveredPerSec']:,.0f} msgs/s,"
+                f" server CPU {cpu_per_delivery(best):.1f} us per delivery"
+            )
         at = run(1000.0)
         log(step_line("at an offered 1,000/s      ", at, at["cpu"], "msgs/s      "))
         results.put(impl, "direct_ws_1000_p99", at["latency"]["p99"])
@@ -704,6 +738,27 @@ def scenario_direct(impl: str, env: Env, s: Settings, results: Results) -> None:
         results.put(impl, "http_p50", resp["p50"])
         results.put(impl, "http_p99", resp["p99"])
         results.put(impl, "http_ok", closed["statuses"].get("201", 0) == closed["answered"])
+        if impl == "flask-chat":
+            # The yardstick: the same requests to a bare JSON route of the same server.
+            meter.start()
+            bare = client.cmd(
+                s.step_seconds * 2 + 60,
+                cmd="http",
+                mode="closed",
+                set="pairs",
+                base=DIRECT_BASE,
+                concurrency=s.http_concurrency,
+                seconds=s.step_seconds * 2,
+                drainMs=0,
+                okStatus=200,
+                path="/bare",
+                deliver=False,
+            )
+            cpu = meter.stop()
+            log(http_line(f"POST /bare, {s.http_concurrency} connections", bare, cpu, False))
+            results.put(impl, "http_bare_rate", bare["answeredPerSec"])
+            results.put(impl, "http_bare_p99", bare["response"]["p99"])
+            results.put(impl, "http_bare_ok", bare["statuses"].get("200", 0) == bare["answered"])
         settle(client, "pairs", s)
         meter.start()
         opened = client.cmd(
@@ -729,16 +784,26 @@ def scenario_direct(impl: str, env: Env, s: Settings, results: Results) -> None:
         results.put(impl, "direct_steps", steps)
 
 
-def http_line(label: str, r: dict[str, Any], cpu: dict[str, float]) -> str:
+def http_line(label: str, r: dict[str, Any], cpu: dict[str, float], delivered: bool = True) -> str:
     resp = r["response"]
-    p = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-    return (
-        f"    {label}: {r['answeredPerSec']:,.0f} sends/s ({r['answered']:,}/{r['requests']:,}"
-        f" answered)  response p50 {p(resp['p50'])} ms p99 {p(resp['p99'])} ms"
-        f" max {p(resp['max'])} ms  statuses {r['statuses']}"
-        f"  delivered {r['received']:,}/{r['expected']:,} (p99 {p(r['latency']['p99'])} ms)"
-        f"  cpu {fmt_cpu(cpu)}"
+    deliveries = (
+        f"  delivered {r['received']:,}/{r['expected']:,} (p99 {fms(r['latency']['p99'])} ms)"
+        if delivered
+        else ""
     )
+    return (
+        f"    {label}: {r['answeredPerSec']:,.0f} {'sends' if delivered else 'requests'}/s"
+        f" ({r['answered']:,}/{r['requests']:,} answered)  response p50 {fms(resp['p50'])} ms"
+        f" p99 {fms(resp['p99'])} ms max {fms(resp['max'])} ms  statuses {r['statuses']}"
+        f"{deliveries}  cpu {fmt_cpu(cpu)}"
+    )
+
+
+def cpu_per_delivery(step: dict[str, Any] | None) -> float | None:
+    """Server CPU microseconds per counted delivery in a load step."""
+    if not step or not step["received"]:
+        return None
+    return float(step["server_cpu_s"]) * 1e6 / int(step["received"])
 
 
 def redis_clients(url: str) -> int:
@@ -755,11 +820,7 @@ def scenario_idle(impl: str, env: Env, s: Settings, results: Results) -> None:
     n = s.idle_connections
     log(f"  idle: {n:,} connections, {s.connect_concurrency} opening at a time")
     with env.session(impl) as (server, client, meter):
-        # Warm up (first-use imports, the hub, the Redis subscriber), then measure.
-        connect(client, s, "warm", WARM_BASE, 20)
-        client.cmd(30, cmd="quiet", quietMs=300, maxMs=5000)
-        client.cmd(30, cmd="close", set="warm")
-        time.sleep(1.0)
+        warm_up(client, s)
         before = rss_kb(server.pid)
         profiler = (
             Profiler(s.profile, server.pid, f"{impl}-idle-connect")
@@ -796,6 +857,123 @@ def scenario_idle(impl: str, env: Env, s: Settings, results: Results) -> None:
         results.put(impl, "idle_held", pr["open"] if pr["answered"] == pr["probed"] else 0)
         results.put(impl, "idle_requested", n)
         client.cmd(60, cmd="close", set="idle")
+
+
+def warm_up(client: Client, s: Settings) -> None:
+    """First-use imports, the hub, the Redis subscriber: 20 users in no group connect
+    and leave, so that what is measured next is the steady cost."""
+    connect(client, s, "warm", WARM_BASE, 20)
+    client.cmd(30, cmd="quiet", quietMs=300, maxMs=5000)
+    client.cmd(30, cmd="close", set="warm")
+    time.sleep(1.0)
+
+
+def scenario_group_connect(impl: str, env: Env, s: Settings, results: Results) -> None:
+    members = s.fanout_members
+    log(f"  group connect: {members:,} members of one group, {s.connect_concurrency} at a time")
+    with env.session(impl) as (server, client, meter):
+        warm_up(client, s)
+        client.cmd(30, cmd="presence", reset=True)
+        c0 = cpu_seconds(server.pid)
+        meter.start()
+        r = connect(client, s, "group", FANOUT_BASE, members)
+        cpu = meter.stop()
+        # Presence frames may still be on their way once every member has its connect-
+        # ending frame; the group has settled when no frame came for a second.
+        q = client.cmd(120, cmd="quiet", quietMs=1000, maxMs=60000)
+        cpu_total = cpu_seconds(server.pid) - c0
+        pr = client.cmd(30, cmd="presence")
+        settled = r["seconds"] + q["untilLast"]
+        log(
+            f"    connected {r['ready']:,}/{members:,} in {r['seconds']:.2f} s"
+            f" ({r['rate']:,.0f} connects/s)  cpu {fmt_cpu(cpu)}"
+        )
+        log(
+            f"    quiet after {settled:.2f} s{' (still busy: timed out)' if q['timedOut'] else ''};"
+            f" {pr['frames']:,} presence frames received; server CPU {cpu_total:.2f} s"
+            f" ({cpu_total * 1000 / max(1, r['ready']):.2f} ms per member)"
+        )
+        if r["ready"] < members:
+            raise BenchError("not every member connected")
+        results.put(impl, "group_connect_s", r["seconds"])
+        results.put(impl, "group_settle_s", None if q["timedOut"] else settled)
+        results.put(impl, "group_presence_frames", pr["frames"])
+        results.put(impl, "group_cpu_ms", cpu_total * 1000 / members)
+        results.put(impl, "group_members", members)
+
+
+def scenario_churn(impl: str, env: Env, s: Settings, results: Results) -> None:
+    users = s.churn_users
+    churners = list(range(FANOUT_BASE, FANOUT_BASE + users, 5))
+    period = len(churners) / s.churn_rate
+    log(
+        f"  churn: {users:,} group members connected; {len(churners)} of them reconnect"
+        f" every {period:.1f} s ({s.churn_rate:g}/s, gap {s.churn_gap_ms} ms)"
+        f" for {s.churn_seconds:g} s while the other {users - len(churners)} watch presence"
+    )
+    with env.session(impl) as (server, client, meter):
+        r = connect(client, s, "churn", FANOUT_BASE, users)
+        log(f"    connected {r['ready']:,}/{users:,} in {r['seconds']:.1f} s")
+        if r["ready"] < users:
+            raise BenchError("not every user connected")
+        client.cmd(60, cmd="quiet", quietMs=1000, maxMs=45000)
+        meter.start()
+        c = client.cmd(
+            s.churn_seconds + s.connect_timeout + 60,
+            cmd="churn",
+            set="churn",
+            churners=churners,
+            periodMs=period * 1000,
+            seconds=s.churn_seconds,
+            gapMs=s.churn_gap_ms,
+            timeoutMs=int(s.connect_timeout * 1000),
+            quietMs=1000,
+            maxQuietMs=20000,
+        )
+        cpu = meter.stop()
+    lat = c["latency"]
+    extra = ""
+    if c["failed"]:
+        extra += f"  failed {c['failed']} {c['reasons']}"
+    if c["skipped"]:
+        extra += f"  skipped {c['skipped']} (previous reconnect not done)"
+    if c["pendingAtEnd"]:
+        extra += f"  {c['pendingAtEnd']} never finished"
+    if c["closes"]:
+        extra += f"  observers closed {c['closes']} {c['closeSamples'][:2]}"
+    log(
+        f"    {c['reconnects']:,} reconnects in {c['sendSeconds']:.1f} s: {c['perSec']:,.1f}/s"
+        f"  latency p50 {fms(lat['p50'])} ms p99 {fms(lat['p99'])} ms max {fms(lat['max'])} ms"
+        f"  cpu {fmt_cpu(cpu)}{extra}"
+    )
+    pr = c["presence"]
+    n = max(1, c["reconnects"])
+    obs = max(1, c["observers"])
+    if impl == "flask-chat" or pr["tracked"]:
+        log(
+            f"    {c['observers']} observers got {pr['tracked']:,} presence frames"
+            f" ({pr['tracked'] / n:.1f} per reconnect, {pr['tracked'] / n / obs:.2f} per"
+            f" observer), {pr['offline']:,} offline + {pr['online']:,} online;"
+            f" flaps {pr['flaps']:,} ({pr['flaps'] / n:.1f} per reconnect,"
+            f" {100 * pr['flaps'] / n / obs:.0f}% of observer views)"
+        )
+        if pr["staleOffline"]:
+            log(f"    observers left seeing a connected user offline: {pr['staleOffline']:,}")
+        if pr["unparsed"]:
+            log(f"    presence frames of an unknown shape: {pr['unparsed']} {pr['samples'][:1]}")
+    results.put(impl, "churn_rate", c["perSec"])
+    results.put(impl, "churn_p50", lat["p50"])
+    results.put(impl, "churn_p99", lat["p99"])
+    results.put(impl, "churn_failed", c["failed"] + c["pendingAtEnd"])
+    results.put(impl, "churn_reconnects", c["reconnects"])
+    results.put(impl, "churn_observers", c["observers"])
+    results.put(impl, "churn_presence", pr)
+    if impl == "flask-chat" or pr["tracked"]:
+        results.put(impl, "churn_presence_per_reconnect", pr["tracked"] / n)
+        results.put(impl, "churn_changes_per_reconnect", pr["changes"] / n)
+        results.put(impl, "churn_flaps", pr["flaps"])
+        results.put(impl, "churn_flaps_per_reconnect", pr["flaps"] / n)
+        results.put(impl, "churn_stale_offline", pr["staleOffline"])
 
 
 class Env:
@@ -875,6 +1053,15 @@ class Env:
     redis_pid = 0
 
 
+RUNNERS = {
+    "fanout": scenario_fanout,
+    "direct": scenario_direct,
+    "group-connect": scenario_group_connect,
+    "churn": scenario_churn,
+    "idle": scenario_idle,
+}
+
+
 # -- the report ------------------------------------------------------------------------
 
 
@@ -892,16 +1079,30 @@ def ratio(a: Any, b: Any, lower_is_better: bool = False) -> str:
     return f"{(b / a) if lower_is_better else (a / b):.2f}x"
 
 
-def report(results: Results, impls: list[str], s: Settings) -> None:
+def report(results: Results, impls: list[str], scenarios: list[str], s: Settings) -> None:
     rows = [
         ("fan-out deliveries/s (p99<=100ms, 0 lost)", "fanout", ",.0f", False),
         ("  p99 at that rate (ms)", "fanout_p99", ".1f", True),
+        ("  server CPU us per delivery", "fanout_cpu_us", ".1f", True),
         ("1:1 ws msgs/s (p99<=100ms, 0 lost)", "direct_ws", ",.0f", False),
+        ("  server CPU us per delivery", "direct_ws_cpu_us", ".1f", True),
         ("1:1 ws p99 at 1,000 msgs/s (ms)", "direct_ws_1000_p99", ".1f", True),
         (f"1:1 HTTP sends/s ({s.http_concurrency} conns)", "http_rate", ",.0f", False),
         ("  response p50 (ms)", "http_p50", ".1f", True),
         ("  response p99 (ms)", "http_p99", ".1f", True),
+        (f"bare JSON route req/s ({s.http_concurrency} conns)", "http_bare_rate", ",.0f", False),
         ("1:1 HTTP p99 at 1,000 sends/s (ms)", "http_1000_p99", ".1f", True),
+        (f"group connect: {s.fanout_members:,} members (s)", "group_connect_s", ".2f", True),
+        ("  until presence quiet (s)", "group_settle_s", ".2f", True),
+        ("  presence frames received", "group_presence_frames", ",.0f", True),
+        ("  server CPU ms per member", "group_cpu_ms", ".2f", True),
+        ("churn: reconnects/s", "churn_rate", ",.1f", False),
+        ("  reconnect p50 (ms)", "churn_p50", ".1f", True),
+        ("  reconnect p99 (ms)", "churn_p99", ".1f", True),
+        ("  presence frames per reconnect", "churn_presence_per_reconnect", ",.1f", True),
+        ("  presence changes per reconnect", "churn_changes_per_reconnect", ",.1f", True),
+        ("  offline->online flaps per reconnect", "churn_flaps_per_reconnect", ",.1f", True),
+        ("  left seeing a connected user offline", "churn_stale_offline", ",.0f", True),
         ("idle: connects/s", "idle_rate", ",.0f", False),
         ("idle: RSS per connection (KB)", "idle_rss_kb", ".2f", True),
         ("idle: connections held", "idle_held", ",.0f", False),
@@ -934,38 +1135,42 @@ def report(results: Results, impls: list[str], s: Settings) -> None:
         )
     log("'>=': every offered rate passed, so that figure is only a lower bound (and so are")
     log("ratios with it).")
-    log("Ratios are 'how many times better flask-chat is' (for latency and RSS: the other's")
-    log("figure divided by flask-chat's). Client CPU near 100% means the driver, not the")
-    log("server, set the figure (see the cpu columns of the steps).")
+    log("Ratios are 'how many times better flask-chat is' (for latency, times, CPU, RSS and")
+    log("presence counts: the other's figure divided by flask-chat's). Client CPU near 100%")
+    log("means the driver, not the server, set the figure (see the cpu columns of the steps).")
     if "flask-chat" not in impls:
         return
     log("")
     log("flask-chat targets (one process):")
-    fc = lambda k: results.get("flask-chat", k)  # noqa: E731
+
+    def fc(key: str) -> Any:
+        return results.get("flask-chat", key)
 
     def target(name: str, value: Any, ok: bool | None) -> None:
         mark = "n/a " if ok is None else ("MET " if ok else "MISS")
         log(f"  [{mark}] {name}: {value}")
 
-    def vs(key: str, other: str, need: float) -> None:
+    def vs(name: str, key: str, need: float, other: str = "node-ws") -> None:
         a, b = fc(key), results.get(other, key)
+        if a is None and b is None:
+            return  # that scenario did not run
         if a is None or b is None:
-            target(f"{key} >= {need}x {LABELS[other]}", "not measured", None)
+            target(f"{name} >= {need}x {LABELS[other]}", "not measured", None)
         else:
             target(
-                f"{key} >= {need}x {LABELS[other]}",
-                f"{a / b:.2f}x" if b else "inf",
+                f"{name} >= {need}x {LABELS[other]}",
+                f"{a:,.0f} vs {b:,.0f}: {a / b:.2f}x" if b else "inf",
                 b == 0 or a / b >= need,
             )
 
-    vs("fanout", "node-ws", 1.5)
-    vs("fanout", "socketio", 5.0)
-    vs("direct_ws", "node-ws", 1.0)
-    if fc("http_rate") is not None:
+    vs("fan-out deliveries/s", "fanout", 1.5)
+    vs("1:1 websocket msgs/s", "direct_ws", 1.0)
+    sends, bare = fc("http_rate"), fc("http_bare_rate")
+    if sends is not None:
         target(
-            "HTTP send_message >= 3,000 sends/s",
-            f"{fc('http_rate'):,.0f}/s",
-            fc("http_rate") >= 3000,
+            "HTTP send_message sends/s >= 0.7x a bare JSON route on the same server",
+            f"{sends:,.0f} vs {bare:,.0f}/s: {sends / bare:.2f}x" if bare else "not measured",
+            sends / bare >= 0.7 if bare else None,
         )
         p99 = fc("http_1000_p99")
         target(
@@ -973,11 +1178,30 @@ def report(results: Results, impls: list[str], s: Settings) -> None:
             f"{p99} ms" if p99 is not None else "not every request was answered",
             p99 is not None and p99 <= 25,
         )
+    vs("connects/s", "idle_rate", 0.6)
+    a, b = fc("group_connect_s"), results.get("node-ws", "group_connect_s")
+    if a is not None or "group-connect" in scenarios:
+        name = f"time to connect a group's {s.fanout_members:,} members <= 2x Node ws's"
+        note = "" if s.fanout_members >= 1000 else " (fewer than 1,000 members)"
+        if a is None or not b:
+            target(name, "not measured", None)
+        else:
+            target(name, f"{a:.2f} s vs {b:.2f} s: {a / b:.1f}x{note}", a / b <= 2)
+    flaps = fc("churn_flaps")
+    if flaps is not None or "churn" in scenarios:
+        if flaps is None or not fc("churn_reconnects"):
+            target("churn: 0 offline->online flaps", "not measured", None)
+        else:
+            target(
+                "churn: 0 offline->online flaps",
+                f"{flaps:,} in {fc('churn_reconnects'):,} reconnects"
+                f" seen by {fc('churn_observers')} observers",
+                flaps == 0,
+            )
     if fc("idle_rss_kb") is not None:
         target(
             "RSS per idle connection <= 5 KB", f"{fc('idle_rss_kb'):.2f} KB", fc("idle_rss_kb") <= 5
         )
-        target("connects/s >= 2,000", f"{fc('idle_rate'):,.0f}/s", fc("idle_rate") >= 2000)
         held = fc("idle_held")
         req = fc("idle_requested")
         note = "" if req >= 15000 else f" (only {req:,} tried: --quick)"
@@ -991,7 +1215,7 @@ def report(results: Results, impls: list[str], s: Settings) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes; ~1.5 minutes")
+    parser.add_argument("--quick", action="store_true", help="small sizes; ~2.5 minutes")
     parser.add_argument(
         "--only", action="append", help=f"servers to run ({', '.join(IMPLEMENTATIONS)})"
     )
@@ -1002,6 +1226,19 @@ def main() -> None:
     parser.add_argument("--direct-users", type=int)
     parser.add_argument("--idle-connections", type=int)
     parser.add_argument("--step-seconds", type=float, help="length of each load step")
+    parser.add_argument(
+        "--churn-users", type=int, help="group members connected in the churn scenario (500)"
+    )
+    parser.add_argument(
+        "--churn-rate", type=float, default=20.0, help="reconnects a second in the churn scenario"
+    )
+    parser.add_argument("--churn-seconds", type=float, help="how long the churn lasts (12)")
+    parser.add_argument(
+        "--churn-gap-ms",
+        type=int,
+        default=0,
+        help="pause between a churner's close and its new connection (0: at once)",
+    )
     parser.add_argument("--connect-concurrency", type=int, default=100)
     parser.add_argument(
         "--redis-max-connections",
@@ -1031,9 +1268,13 @@ def main() -> None:
     impls = pick(args.only, IMPLEMENTATIONS)
     scenarios = pick(args.scenario, SCENARIOS)
     q = args.quick
+    fanout_members = args.fanout_members or (200 if q else 1000)
+    churn_users = args.churn_users or min(200 if q else 500, fanout_members)
+    if churn_users > fanout_members:
+        parser.error("--churn-users are members of the group: at most --fanout-members")
     s = Settings(
         quick=q,
-        fanout_members=args.fanout_members or (200 if q else 1000),
+        fanout_members=fanout_members,
         direct_users=args.direct_users or (400 if q else 2000),
         idle_connections=args.idle_connections or (1000 if q else 15000),
         step_seconds=args.step_seconds or (1.0 if q else 3.0),
@@ -1047,6 +1288,10 @@ def main() -> None:
         http_concurrency=32,
         connect_concurrency=args.connect_concurrency,
         connect_timeout=30.0 if q else 90.0,
+        churn_users=churn_users,
+        churn_rate=args.churn_rate,
+        churn_seconds=args.churn_seconds or (4.0 if q else 12.0),
+        churn_gap_ms=args.churn_gap_ms,
         profile=args.profile,
         redis_max_connections=args.redis_max_connections,
         flask_chat_path=os.path.abspath(args.flask_chat) if args.flask_chat else None,
@@ -1091,14 +1336,12 @@ def main() -> None:
                 log(f"\n[{LABELS[impl]}]")
                 t0 = time.monotonic()
                 try:
-                    {"fanout": scenario_fanout, "direct": scenario_direct, "idle": scenario_idle}[
-                        scenario
-                    ](impl, env, s, results)
+                    RUNNERS[scenario](impl, env, s, results)
                 except BenchError as exc:
                     log(f"    FAILED: {exc}")
                     results.put(impl, f"{scenario}_failed", str(exc))
                 log(f"    ({time.monotonic() - t0:.0f} s)")
-        report(results, impls, s)
+        report(results, impls, scenarios, s)
         log(f"\ntotal time {time.monotonic() - started:.0f} s")
         if args.json:
             with open(args.json, "w") as f:

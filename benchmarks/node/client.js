@@ -33,6 +33,7 @@ const MARK = Buffer.from('~bm');
 const READ_BUFFER = Buffer.allocUnsafe(256 * 1024); // shared by every socket's reads
 const MSG_PREFIX = Buffer.from(SIO ? '42["message"' : '{"type":"message"');
 const ERR_PREFIX = Buffer.from(SIO ? '44' : '{"type":"error"');
+const PRESENCE_PREFIX = Buffer.from('{"type":"presence"');
 // The frame that ends a connect: flask-chat's online snapshot comes after the presence
 // registration (its hello before it); the Node server says hello once subscribed.
 const READY = KIND === 'flask-chat' ? '{"type":"online"' : '{"type":"hello"';
@@ -77,6 +78,69 @@ class Hist {
 const steps = new Map(); // step id -> {received, hist}
 let stepSeq = 0;
 const counters = { frames: 0, acks: 0, errors: 0, errorSamples: [], closes: 0, closeSamples: [] };
+// Presence frames received anywhere, and what tracked connections (churn observers) saw.
+const presence = { frames: 0, tracked: 0, changes: 0, online: 0, offline: 0, flaps: 0, unparsed: 0, samples: [] };
+
+function resetPresence() {
+  for (const k of Object.keys(presence)) presence[k] = k === 'samples' ? [] : 0;
+}
+
+// [user, online] pairs from a presence frame. Today's shape is {"user_id", "online": bool};
+// batched shapes are read too ({"users": [...], "online": bool}, {"online": [...],
+// "offline": [...]}, {"users": {"<id>": bool}}, lists of those under "changes"/"events"),
+// so that a change of shape changes the counts, not the benchmark.
+function presenceChanges(obj, out) {
+  if (Array.isArray(obj)) {
+    for (const x of obj) presenceChanges(x, out);
+    return out;
+  }
+  if (!obj || typeof obj !== 'object') return out;
+  const id = (u) => (u && typeof u === 'object' ? Number(u.user_id ?? u.id) : Number(u));
+  if (typeof obj.online === 'boolean') {
+    if (obj.user_id !== undefined) out.push([Number(obj.user_id), obj.online]);
+    for (const key of ['users', 'user_ids']) {
+      if (Array.isArray(obj[key])) for (const u of obj[key]) out.push([id(u), obj.online]);
+    }
+  } else {
+    for (const [key, on] of [['online', true], ['offline', false]]) {
+      if (Array.isArray(obj[key])) for (const u of obj[key]) out.push([id(u), on]);
+    }
+    const users = obj.users;
+    if (users && typeof users === 'object' && !Array.isArray(users)) {
+      for (const [u, on] of Object.entries(users)) if (typeof on === 'boolean') out.push([Number(u), on]);
+    }
+  }
+  for (const key of ['changes', 'events', 'presence', 'batch']) {
+    if (obj[key] && typeof obj[key] === 'object') presenceChanges(obj[key], out);
+  }
+  return out;
+}
+
+// A tracked connection's view of others: an offline then an online of the same user is
+// a flap (what a short grace before announcing offline is meant to hide).
+function trackPresence(conn, buf, s, e) {
+  presence.tracked++;
+  let changes = [];
+  try {
+    changes = presenceChanges(JSON.parse(buf.toString('utf8', s, e)), []);
+  } catch (err) {
+    changes = [];
+  }
+  if (!changes.length) {
+    presence.unparsed++;
+    if (presence.samples.length < 3) presence.samples.push(buf.toString('utf8', s, Math.min(e, s + 200)));
+    return;
+  }
+  for (const [user, online] of changes) {
+    if (user === conn.user) continue;
+    presence.changes++;
+    if (online) {
+      presence.online++;
+      if (conn.track.get(user) === false) presence.flaps++;
+    } else presence.offline++;
+    conn.track.set(user, online);
+  }
+}
 
 function newStep() {
   const st = { id: ++stepSeq, received: 0, hist: new Hist(), ackHist: new Hist() };
@@ -239,6 +303,7 @@ class Conn {
   onText(buf, s, e) {
     counters.frames++;
     if (this.state !== 2) {
+      if (isPresence(buf, s, e)) presence.frames++;
       if (SIO) {
         if (buf[s] === 0x30 /* '0': engine.io open */) this.sendText('40');
         else if (buf[s] === 0x34 && buf[s + 1] === 0x30 /* '40': socket.io connected */) {
@@ -260,6 +325,11 @@ class Conn {
     if (e - s > MSG_PREFIX.length && buf.compare(MSG_PREFIX, 0, MSG_PREFIX.length, s, s + MSG_PREFIX.length) === 0) {
       const m = buf.indexOf(MARK, s);
       if (m >= 0 && m < e) onMarker(buf, m + 3, e, this.user);
+      return;
+    }
+    if (isPresence(buf, s, e)) {
+      presence.frames++;
+      if (this.track) trackPresence(this, buf, s, e);
       return;
     }
     if (!SIO && buf[s + 9] === 0x61 /* {"type":"ack" */) {
@@ -304,12 +374,28 @@ class Conn {
     return this.write(Buffer.from(text), 0x81);
   }
 
+  // Leave as a browser tab does on navigation: a close frame (1001 going away), then FIN.
+  goAway() {
+    if (this.state === 3) return;
+    this.write(Buffer.from([0x03, 0xe9]), 0x88);
+    this.state = 3;
+    this.onSettled = null;
+    this.sock.end();
+    // A server that never answers the close must not keep the socket for good.
+    setTimeout(() => this.sock.destroy(), 5000).unref();
+  }
+
   destroy() {
     if (this.state !== 3) {
       this.state = 3;
       this.sock.destroy();
     }
   }
+}
+
+function isPresence(buf, s, e) {
+  const n = PRESENCE_PREFIX.length;
+  return e - s > n && buf.compare(PRESENCE_PREFIX, 0, n, s, s + n) === 0;
 }
 
 // -- connection sets --------------------------------------------------------------------
@@ -376,7 +462,12 @@ async function quiet(quietMs, maxMs) {
       lastChange = now();
     } else if (now() - lastChange >= quietMs) break;
   }
-  return { seconds: (now() - t0) / 1000, frames: counters.frames };
+  return {
+    seconds: (now() - t0) / 1000,
+    untilLast: Math.max(0, lastChange - t0) / 1000, // when the last frame came
+    timedOut: now() - lastChange < quietMs,
+    frames: counters.frames,
+  };
 }
 
 // -- load: an open loop at a fixed offered rate -----------------------------------------
@@ -485,6 +576,8 @@ async function direct(c) {
 
 // 1:1 through HTTP POSTs on keep-alive connections; `mode` "closed" (N workers, each
 // sending as soon as its previous answer came) or "open" (a fixed offered rate).
+// `path` (default: the server's send route) and `deliver: false` (nothing to wait for:
+// a route that only answers) measure another route with the same requests.
 async function httpSends(c) {
   const set = sets.get(c.set);
   const users = openConns(set).map((x) => x.user);
@@ -508,7 +601,7 @@ async function httpSends(c) {
         host: cfg.host,
         port: cfg.port,
         method: 'POST',
-        path: HTTP_PATH,
+        path: c.path || HTTP_PATH,
         agent,
         headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body), 'X-Bench-User': String(from) },
       },
@@ -551,7 +644,8 @@ async function httpSends(c) {
     const t0 = now();
     while (answered + failedRequests < issued && now() - t0 < c.drainMs) await sleep(10);
   }
-  const expected = statuses[c.okStatus] || 0; // every accepted send is delivered once
+  // Every accepted send is delivered once.
+  const expected = c.deliver === false ? 0 : statuses[c.okStatus] || 0;
   const d = await drain(st, expected, c.drainMs);
   agent.destroy();
   return stepResult(st, expected, load, d, cpu0, {
@@ -563,6 +657,90 @@ async function httpSends(c) {
     answeredPerSec: answered / load.seconds,
     response: resp.summary(),
   });
+}
+
+// Navigation churn: `churners` of the set each leave and come back every `periodMs`
+// (staggered: a steady rate of churners / period), for `seconds`, as a page load does
+// in an app where every page opens its own websocket; `gapMs` between the close and the
+// open. The set's other connections observe: each tracks the presence changes it is
+// told (see trackPresence). Waits for the last reconnects, then for quiet.
+async function churn(c) {
+  const set = sets.get(c.set);
+  const churners = c.churners.filter((u) => set.has(u));
+  const churning = new Set(churners);
+  const observers = openConns(set).filter((x) => !churning.has(x.user));
+  for (const o of observers) o.track = new Map();
+  resetCounters();
+  resetPresence();
+  const hist = new Hist();
+  const reasons = {};
+  const busy = new Set();
+  let done = 0;
+  let failed = 0;
+  let skipped = 0;
+  const cpu0 = process.cpuUsage();
+  const open = (user) => {
+    const t0 = now();
+    set.set(
+      user,
+      new Conn(user, (x, ok, reason) => {
+        busy.delete(user);
+        if (ok) {
+          done++;
+          hist.add(now() - t0);
+        } else {
+          failed++;
+          const key = String(reason).slice(0, 80);
+          reasons[key] = (reasons[key] || 0) + 1;
+        }
+      }),
+    );
+  };
+  const rate = churners.length / (c.periodMs / 1000);
+  const load = await openLoop(rate, c.seconds, (i) => {
+    const user = churners[i % churners.length];
+    if (busy.has(user)) {
+      skipped++; // its previous reconnect has not finished: slower than the period
+      return;
+    }
+    busy.add(user);
+    set.get(user).goAway();
+    if (c.gapMs > 0) setTimeout(() => open(user), c.gapMs);
+    else open(user);
+  });
+  const t1 = now();
+  while (busy.size && now() - t1 < c.timeoutMs) await sleep(10);
+  const pendingAtEnd = busy.size;
+  const q = await quiet(c.quietMs, c.maxQuietMs);
+  // Left believing a connected churner is offline: a lost or reordered online.
+  let staleOffline = 0;
+  for (const o of observers) {
+    for (const [user, online] of o.track) if (!online && set.get(user) && set.get(user).ready) staleOffline++;
+    o.track = null;
+  }
+  const cpu = process.cpuUsage(cpu0);
+  return {
+    churners: churners.length,
+    observers: observers.length,
+    periodMs: c.periodMs,
+    offeredPerSec: rate,
+    sendSeconds: load.seconds,
+    started: load.sent - skipped,
+    reconnects: done,
+    failed,
+    reasons,
+    skipped,
+    pendingAtEnd,
+    perSec: done / load.seconds,
+    latency: hist.summary(),
+    quietSeconds: q.seconds,
+    presence: Object.assign({}, presence, { staleOffline }),
+    clientCpu: (cpu.user + cpu.system) / 1e6 / ((now() - t1) / 1000 + load.seconds),
+    closes: counters.closes,
+    closeSamples: counters.closeSamples.slice(),
+    errors: counters.errors,
+    errorSamples: counters.errorSamples.slice(),
+  };
 }
 
 // Websocket ping to a sample of connections: how many answer within timeoutMs.
@@ -623,6 +801,13 @@ async function handle(c) {
       return httpSends(c);
     case 'probe':
       return probe(c);
+    case 'churn':
+      return churn(c);
+    case 'presence': {
+      const out = Object.assign({}, presence);
+      if (c.reset) resetPresence();
+      return out;
+    }
     case 'close': {
       const set = sets.get(c.set);
       let n = 0;
