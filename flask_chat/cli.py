@@ -156,15 +156,14 @@ def dead_letters(as_json: bool, forget: bool) -> None:
         click.echo(f"{len(entries)} dead letters" + (", forgotten" if forget else ""))
 
 
-def _attach(module: str, name: str) -> None:
-    # `flask chat migrate ...` and `flask chat bridge` live in migrations_tools/ and
-    # bridge/ (installed as flask_chat_migrations and flask_chat_bridge).
-    try:
-        command = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return
-    chat_cli.add_command(command)
-
-
-_attach("flask_chat_migrations.cli", "migrate_cli")
-_attach("flask_chat_bridge.cli", "bridge_cli")
+def attach_tools() -> None:
+    """Add ``flask chat migrate ...`` and ``flask chat bridge``, which live in
+    migrations_tools/ and bridge/ (installed as flask_chat_migrations and
+    flask_chat_bridge). Called by ``init_app``: they import flask_chat themselves."""
+    for module, name in (("flask_chat_migrations.cli", "migrate_cli"),
+                         ("flask_chat_bridge.cli", "bridge_cli")):
+        try:
+            command = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        chat_cli.add_command(command)

@@ -19,7 +19,7 @@ from redis.cluster import RedisCluster
 # Registers /ws and /poll on the blueprint (flask-sock's websocket route, long polling).
 from . import database, delivery, directory, hub, jobs, longpoll, messaging, reading, websocket  # noqa: E402,F401,I001
 from .cache import ChatCache
-from .cli import chat_cli
+from .cli import attach_tools, chat_cli
 from .conversations import ConversationKey
 from .directory import (
     CurrentUserLoader,
@@ -216,6 +216,7 @@ class Chat:
         )
         app.extensions["chat"] = self
         self._connect_login_signals(app)
+        attach_tools()
         app.cli.add_command(chat_cli)
         app.register_blueprint(blueprint, url_prefix=config.url_prefix)
         register_routing_errors(app)
