@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from typing import Any
 
 import gevent
@@ -52,7 +53,9 @@ def make_token(user_id: int) -> str:
     return _serializer(current_app).dumps([user_id, generation])
 
 
-def _token_user(state: ChatState, token: str) -> int | None:
+def _token_claim(state: ChatState, token: str) -> tuple[int, int] | None:
+    """The (user id, token generation) a token signs, if it is valid and not expired
+    (whether the generation is still current is for Redis to say)."""
     try:
         value = _serializer(current_app).loads(token, max_age=state.config.token_max_age)
     except BadSignature:
@@ -63,9 +66,26 @@ def _token_user(state: ChatState, token: str) -> int | None:
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         return None
-    user_id, generation = value
-    current = int(state.redis.get(state.keys.token_generation(user_id)) or 0)
-    return user_id if generation == current else None
+    return value[0], value[1]
+
+
+def _user_and_connections(state: ChatState) -> tuple[int | None, int]:
+    """Who opens this websocket (by ``?token=`` or the session), and how many live
+    connections they hold already: one Redis round trip for both."""
+    token = request.args.get("token")
+    if not token:
+        user_id = state.hooks.current_user_id()
+        return user_id, (state.presence.live_connections(user_id) if user_id else 0)
+    claim = _token_claim(state, token)
+    if claim is None:
+        return None, 0
+    user_id, generation = claim
+    pipe = state.redis.pipeline(transaction=False)
+    pipe.get(state.keys.token_generation(user_id))
+    pipe.zcount(state.keys.connections(user_id), f"({time.time()}", "+inf")
+    current, live = pipe.execute()
+    # A logout since the token was made bumped the user's generation: refused.
+    return (user_id if generation == int(current or 0) else None), int(live)
 
 
 def _refusal(state: ChatState) -> Response | None:
@@ -88,12 +108,11 @@ def _refusal(state: ChatState) -> Response | None:
             {"error": "forbidden_origin", "message": "Cross-site websocket refused."}, 403
         )
     check_handshake()
-    token = request.args.get("token")
-    user_id = _token_user(state, token) if token else state.hooks.current_user_id()
+    user_id, live = _user_and_connections(state)
     if user_id is None:
         METRICS.refused.labels("anonymous").inc()
         return json_response({"error": "not_authenticated", "message": "Log in first."}, 401)
-    if state.presence.live_connections(user_id) >= config.max_user_connections:
+    if live >= config.max_user_connections:
         # Counted across instances from presence; two connects racing may both pass,
         # which is fine for a limit meant to stop floods, not to count exactly.
         METRICS.refused.labels("too_many_connections").inc()
