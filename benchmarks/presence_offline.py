@@ -89,9 +89,8 @@ def connect(port: int, name: str) -> websocket.WebSocket:
 def wait_presence(ws: websocket.WebSocket, user_id: int, online: bool) -> None:
     while True:
         frame = json.loads(ws.recv())
-        if frame.get("type") == "presence" and frame["user_id"] == user_id:
-            if frame["online"] is online:
-                return
+        if frame.get("type") == "presence" and user_id in frame["online" if online else "offline"]:
+            return
 
 
 def main() -> None:

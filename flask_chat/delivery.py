@@ -9,9 +9,12 @@ it is SPUBLISH (sharded pub/sub: only the channel's shard carries it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Mapping
+from functools import partial
 
 from . import protocol
+from .coalesce import SharedReads
 from .conversations import ConversationKey
 from .metrics import METRICS
 from .scripts import command
@@ -46,19 +49,22 @@ def presence_audience(
     )
 
 
-def presence(
-    state: ChatState,
-    user_id: int,
-    online: bool,
-    audience: Audience | None = None,
-) -> None:
-    """Announce that ``user_id`` came online or went offline to those who can see them."""
-    METRICS.presence_changes.labels("online" if online else "offline").inc()
-    users, groups = audience or presence_audience(state, user_id)
-    channels = [state.keys.group_channel(g) for g in groups]
-    channels += [state.keys.user_channel(u) for u in users if u != user_id]
-    if channels:
-        publish(state, channels, protocol.presence(user_id, online))
+def presence(state: ChatState, changes: Mapping[int, tuple[bool, Audience]]) -> None:
+    """Announce who came online (True) and who went offline (False), each to those who
+    can see them: one frame per channel for the whole batch, one round trip."""
+    channels: dict[str, tuple[set[int], set[int]]] = {}
+    for user_id, (online, (users, groups)) in changes.items():
+        METRICS.presence_changes.labels("online" if online else "offline").inc()
+        names = [state.keys.group_channel(g) for g in groups]
+        names += [state.keys.user_channel(u) for u in users if u != user_id]
+        for name in names:
+            channels.setdefault(name, (set(), set()))[0 if online else 1].add(user_id)
+    if not channels:
+        return
+    pipe = state.redis.pipeline(transaction=False)
+    for name, (came, went) in channels.items():
+        command(pipe, state.publish_command, name, protocol.presence(sorted(came), sorted(went)))
+    pipe.execute()
 
 
 def typing(state: ChatState, user_id: int, to: ConversationKey) -> None:
@@ -103,18 +109,34 @@ def logout(state: ChatState, user_id: int) -> None:
     pipe.execute()
 
 
+#: Per app, this process's reads of groups' online members, shared by concurrent connects.
+_group_reads: weakref.WeakKeyDictionary[ChatState, SharedReads[int, tuple[int, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def online_snapshot(
     state: ChatState,
     user_id: int,
     audience: Audience | None = None,
 ) -> list[int]:
     """Who of the people ``user_id`` can see is online now (for ``online`` frames and
-    ``GET /chats/online_users``)."""
+    ``GET /chats/online_users``), in id order."""
     users, groups = audience or presence_audience(state, user_id)
-    candidates = dict.fromkeys(users)
-    for gid in groups:
-        group = state.hooks.get_group(gid)
-        if group is not None:
-            candidates.update(dict.fromkeys(group.members))
-    candidates.pop(user_id, None)
-    return state.presence.online_ids(candidates)
+    online: set[int] = set()
+    if groups:
+        reads = _group_reads.get(state)
+        if reads is None:
+            reads = _group_reads[state] = SharedReads()
+        for gid in groups:
+            # A connect storm in a big group shares a few reads (host app, ZMSCORE)
+            # instead of one each: see coalesce.py.
+            online.update(reads.get(gid, partial(_online_members, state, gid)))
+    online.update(state.presence.online_ids(u for u in dict.fromkeys(users) if u not in online))
+    online.discard(user_id)
+    return sorted(online)
+
+
+def _online_members(state: ChatState, group_id: int) -> tuple[int, ...]:
+    group = state.hooks.get_group(group_id)
+    return tuple(state.presence.online_ids(group.members)) if group is not None else ()

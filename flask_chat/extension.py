@@ -126,6 +126,11 @@ class Chat:
         ``CHAT_PRESENCE_TTL`` (30.0)
             Seconds a connection counts as alive without a heartbeat; a killed
             instance's users go offline within this.
+        ``CHAT_PRESENCE_GRACE`` (3.0)
+            Seconds a user whose last connection closed stays online: back by then (a
+            page navigation reconnects), on any instance, and nobody sees them go
+            offline or come online. At most 3/4 of ``CHAT_PRESENCE_TTL`` (a longer
+            grace is cut to that). 0: offline at once.
         ``CHAT_WS_ALLOWED_ORIGINS`` (())
             Origins besides the app's own that may open the websocket.
         ``CHAT_WS_TOKEN_MAX_AGE`` (3600)
@@ -208,7 +213,7 @@ class Chat:
             cache=ChatCache(client, keys, scripts, config.history_limit, config.catchup_retention,
                             cluster=cluster is not None),
             windows=Windows(client, keys),
-            presence=Presence(client, keys, config.presence_ttl),
+            presence=Presence(client, keys, config.presence_ttl, config.presence_grace),
             history=HistoryStore(engine),
             hooks=self.hooks,
             app_ref=weakref.ref(app),

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 import gevent
 from gevent.event import Event
 
-from . import catchup, delivery, protocol
+from . import catchup, protocol
+from .announcer import Announcer
 from .cluster import ClusterSubscriber
 from .connection import PING_FRAME, Connection
 from .ids import format_id
@@ -37,14 +38,11 @@ RESYNC_MARGIN = 5.0
 
 
 class Hub:
-    def __init__(
-        self,
-        state: ChatState,
-        on_presence_change: Callable[[int, bool], None],
-    ) -> None:
+    def __init__(self, state: ChatState) -> None:
         self.state = state
         self.keys = state.keys
-        self.on_presence_change = on_presence_change
+        #: Publishes this process's presence changes, after the grace and in batches.
+        self.announcer = Announcer(state)
         self.subscriber: Subscriber | ClusterSubscriber
         if state.cluster is not None:
             # One connection per master, sharded pub/sub (see cluster.py).
@@ -280,10 +278,10 @@ class Hub:
             live = [(c.user_id, c.id) for c in self.connections.values() if c.user_id]
             for start in range(0, len(live), self.SLICE):
                 for user_id in presence.heartbeat(live[start : start + self.SLICE]):
-                    self.on_presence_change(user_id, True)
+                    self.announcer.online(user_id)
                 gevent.sleep(0)
         for user_id in presence.reap():
-            self.on_presence_change(user_id, False)
+            self.announcer.offline(user_id)
         if renew:
             for callback in self.heartbeat_callbacks:  # at the renewal pace, as before
                 callback()
@@ -302,6 +300,7 @@ class Hub:
             gevent.sleep(0.05)
         for conn in tuple(self.connections.values()):
             conn.abort()
+        self.announcer.stop()
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
         self.subscriber.stop()
@@ -324,14 +323,7 @@ def get_hub(state: ChatState) -> Hub:
     websocket or poll, or :func:`flask_chat.server.start_hub`)."""
     hub = _hubs.get(state)
     if hub is None:
-        app = state.app
-
-        def on_presence(user_id: int, online: bool) -> None:
-            # The reaper runs outside any request; the host's hooks may need the app.
-            with app.app_context():
-                delivery.presence(state, user_id, online)
-
-        hub = _hubs[state] = Hub(state, on_presence)
+        hub = _hubs[state] = Hub(state)
         hub.start()
         for listener in _listeners.get(state, ()):
             listener(hub)

@@ -10,8 +10,17 @@ TTL (the lease runs out at most ``lease`` after the kill, and a reaper notices w
 live connection misses two renewals before it could lapse. A user is online while any
 of their connections has not expired, on any instance. ``online`` (a sorted set of user
 ids scored by their latest expiry) is the list to page and the place where offline is
-decided: whoever removes a user from it — a disconnect, or any instance's reaper after
-a process died — publishes the offline event, exactly once.
+decided: whoever removes a user from it — the instance that saw their last connection
+close, once the grace is over, or any instance's reaper after a process died —
+publishes the offline event, exactly once.
+
+The grace (``CHAT_PRESENCE_GRACE``): when a user's last connection closes, their online
+entry is set to expire :attr:`Presence.grace` seconds later instead of at once, and the
+instance settles them when it runs out (:meth:`Presence.settle`). A connection opened
+meanwhile, on any instance, renews the entry, so a page navigation — the legacy app
+reconnects on every page — is neither an offline nor an online. If the instance dies
+during the grace, the reapers take the entry off within ``reap_interval`` after it: the
+grace is at most the lease, so that this too stays within the TTL.
 """
 
 from __future__ import annotations
@@ -47,12 +56,14 @@ return 0
 
 
 class Presence:
-    def __init__(self, client: redis.Redis, keys: Keys, ttl: float) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, ttl: float, grace: float = 0.0) -> None:
         self.client = client
         self.keys = keys
         self.ttl = ttl
         #: How long one renewal keeps a connection alive.
         self.lease = ttl * 3 / 4
+        #: How long a user whose last connection closed stays online (at most the lease).
+        self.grace = min(grace, self.lease)
         #: How often an instance renews its connections (three per lease).
         self.renew_interval = ttl / 4
         #: How often an instance looks for users whose every connection lapsed.
@@ -85,18 +96,33 @@ class Presence:
         results = pipe.execute()[2 * len(connections) :]
         return [uid for uid, added in zip(users, results, strict=True) if added]
 
+    def release(self, user_id: int, connection_id: str) -> float | None:
+        """Drop a connection. If it was the user's last live one on any instance, their
+        online entry runs out after the grace: returns when (``time.time()``), for
+        :meth:`settle` then; else None."""
+        return self._release(user_id, connection_id, self.grace)
+
     def disconnect(self, user_id: int, connection_id: str) -> bool:
-        """Drop a connection; True if this made the user offline."""
+        """Drop a connection, without a grace; True if this made the user offline."""
+        return self._release(user_id, connection_id, 0.0) is not None and bool(
+            self.settle([user_id])
+        )
+
+    def _release(self, user_id: int, connection_id: str, grace: float) -> float | None:
         now = time.time()
         alive = self._disconnect(keys=[self.keys.connections(user_id)], args=[connection_id, now])
         if int(alive):
-            return False
-        # Nobody else holds a live connection: expire the online entry now.
-        def build(pipe: Pipeline) -> None:
-            pipe.zadd(self.keys.online(), {str(user_id): now}, xx=True)
-            queue(pipe, self._reap, [self.keys.online()], [user_id, now])
+            return None
+        # Lowered, not removed: a connect in the meantime (any instance) raises it again.
+        expires = now + grace
+        self.client.zadd(self.keys.online(), {str(user_id): expires}, xx=True)
+        return expires
 
-        return bool(self._run(build)[1])
+    def settle(self, user_ids: Sequence[int]) -> list[int]:
+        """Users whose grace is over: take those off the online list who hold no live
+        connection (on any instance) and whose entry nobody renewed. Returns those this
+        call removed, so each is announced once."""
+        return self._take_off(list(dict.fromkeys(user_ids)), time.time())
 
     def reap(self, batch: int = 500) -> list[int]:
         """Users whose every connection expired (their instance died): take them off the
@@ -108,16 +134,32 @@ class Presence:
                 self.keys.online(), "-inf", now, start=0, num=batch
             )
         ]
-        if not expired:
+        return self._take_off(expired, now)
+
+    def _take_off(self, user_ids: list[int], now: float) -> list[int]:
+        if not user_ids:
             return []
         pipe = self.client.pipeline(transaction=False)
-        for uid in expired:
-            pipe.zcount(self.keys.connections(uid), now, "+inf")
-        alive = pipe.execute()
-        candidates = [uid for uid, n in zip(expired, alive, strict=True) if not n]
+        for uid in user_ids:
+            pipe.zrange(self.keys.connections(uid), -1, -1, withscores=True)
+        latest = {
+            uid: float(last[0][1]) if last else 0.0
+            for uid, last in zip(user_ids, pipe.execute(), strict=True)
+        }
+        alive = {uid: expires for uid, expires in latest.items() if expires >= now}
+        if alive:
+            # A connect that raced a release (or a renewal, the reaper) may have had its
+            # entry lowered after it: raise it back to the user's latest lease.
+            pipe = self.client.pipeline(transaction=False)
+            for uid, expires in alive.items():
+                pipe.zadd(self.keys.online(), {str(uid): expires}, xx=True, gt=True)
+            pipe.execute()
+        candidates = [uid for uid in user_ids if uid not in alive]
         if not candidates:
             return []
 
+        # _REAP checks the entry's expiry: a connect between the count and the removal
+        # has raised it, and the user stays.
         def build(pipe: Pipeline) -> None:
             for uid in candidates:
                 queue(pipe, self._reap, [self.keys.online()], [uid, now])

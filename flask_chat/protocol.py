@@ -163,8 +163,9 @@ def catchup_done(recovered: bool, count: int) -> bytes:
     return dumps({"type": "catchup", "recovered": recovered, "count": count})
 
 
-def presence(user_id: int, online: bool) -> bytes:
-    return dumps({"type": "presence", "user_id": user_id, "online": online})
+def presence(online: list[int], offline: list[int]) -> bytes:
+    """Who came online and who went offline (one frame for a whole batch of changes)."""
+    return dumps({"type": "presence", "online": online, "offline": offline})
 
 
 def online_snapshot(user_ids: list[int]) -> bytes:

@@ -112,6 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHAT_SEND_BURST", 30, positive_int, "send_burst"),
     Setting("CHAT_PING_INTERVAL", 25.0, number(0.1), "ping_interval"),
     Setting("CHAT_PRESENCE_TTL", 30.0, number(0.3), "presence_ttl"),
+    Setting("CHAT_PRESENCE_GRACE", 3.0, number(), "presence_grace"),
     Setting("CHAT_WS_ALLOWED_ORIGINS", (), origins, "allowed_origins"),
     Setting("CHAT_WS_TOKEN_MAX_AGE", 3600, positive_int, "token_max_age"),
     Setting("CHAT_WS_MAX_MESSAGE_BYTES", 64 * 1024, positive_int, "max_ws_message"),
@@ -161,6 +162,8 @@ class ChatConfig:
     send_burst: int
     ping_interval: float
     presence_ttl: float
+    #: Seconds a user whose last connection closed stays online (at most 3/4 of the TTL).
+    presence_grace: float
     allowed_origins: tuple[str, ...]
     token_max_age: int
     max_ws_message: int

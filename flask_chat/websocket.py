@@ -26,7 +26,7 @@ from .access import check_can_open, check_target
 from .connection import Connection
 from .conversations import ConversationKey
 from .errors import ChatError, ConfigurationError, Unavailable, ValidationError
-from .hub import get_hub, running_hub
+from .hub import Hub, get_hub, running_hub
 from .ids import is_valid_id
 from .limits import TokenBucket
 from .metrics import METRICS
@@ -155,7 +155,7 @@ def websocket(ws: Any) -> None:
         done.set()
         if hub.draining:
             return  # the client reconnects elsewhere; presence expires if it does not
-        gevent.spawn(_disconnected, app, state, conn.user_id, conn.id)
+        gevent.spawn(_disconnected, hub, conn.user_id, conn.id, conn.data.get("groups"))
 
     conn = Connection(
         raw,
@@ -181,7 +181,7 @@ def websocket(ws: Any) -> None:
         conn.start()
         audience = delivery.presence_audience(state, user_id, group_ids)  # asked the host once
         if state.presence.connect(user_id, conn.id):
-            delivery.presence(state, user_id, True, audience)
+            hub.announcer.online(user_id, audience)
         snapshot = delivery.online_snapshot(state, user_id, audience)
         conn.write(protocol.ws_frame(protocol.online_snapshot(snapshot)))
         if after is not None:
@@ -198,13 +198,14 @@ def websocket(ws: Any) -> None:
     hand_over(done)
 
 
-def _disconnected(app: Flask, state: ChatState, user_id: int, conn_id: str) -> None:
-    with app.app_context():
-        try:
-            if state.presence.disconnect(user_id, conn_id):
-                delivery.presence(state, user_id, False)
-        except Exception:
-            log.exception("flask-chat: presence update failed for user %s", user_id)
+def _disconnected(hub: Hub, user_id: int, conn_id: str, groups: list[int] | None) -> None:
+    try:
+        # The last connection: offline unless the user is back within the grace.
+        expires = hub.state.presence.release(user_id, conn_id)
+        if expires is not None:
+            hub.announcer.closed(user_id, expires, groups)
+    except Exception:
+        log.exception("flask-chat: presence update failed for user %s", user_id)
 
 
 def _require(frame: dict[str, Any], field: str) -> Any:

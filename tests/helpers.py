@@ -93,9 +93,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class DemoServer:
     """``examples/serve.py`` (the demo app on gevent) in a child process."""
 
-    def __init__(self, redis_url: str, port: int | None = None, **settings: Any) -> None:
+    def __init__(
+        self, redis_url: str, port: int | None = None, *, script: str = "", **settings: Any
+    ) -> None:
         import tempfile
 
+        #: The server script: the demo's, or another app's served the same way.
+        self.script = script or os.path.join(ROOT, "examples", "serve.py")
         self.port = port or free_port()
         # Its own SQLite database unless told otherwise (CHAT_DATABASE_URL=...).
         self.tmp = tempfile.mkdtemp(prefix="flask-chat-demo-")
@@ -114,7 +118,7 @@ class DemoServer:
 
     def start(self) -> DemoServer:
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "examples", "serve.py")],
+            [sys.executable, self.script],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -271,6 +275,19 @@ def csrf_session(port: int, name: str) -> tuple[str, dict[str, str]]:
     return data["_cookie"], {"X-CSRF-Token": data["csrf_token"]}
 
 
+def presence(user_id: int, online: bool) -> Callable[[dict[str, Any]], bool]:
+    """Matches a presence frame (a batch) announcing ``user_id`` online, or offline."""
+    side = "online" if online else "offline"
+    return lambda f: f.get("type") == "presence" and user_id in f[side]
+
+
+def knows_online(user_id: int) -> Callable[[dict[str, Any]], bool]:
+    """Matches the frame that tells a client ``user_id`` is online: the snapshot or a
+    presence frame."""
+    came = presence(user_id, True)
+    return lambda f: (f.get("type") == "online" and user_id in f["users"]) or came(f)
+
+
 class Client:
     """A real websocket client that keeps every frame it received."""
 
@@ -332,6 +349,12 @@ class Client:
             lambda f: f.get("type") == kind and all(f.get(k) == v for k, v in fields.items()),
             timeout,
             what=f"{kind} {fields}",
+        )
+
+    def wait_presence(self, user_id: int, online: bool, timeout: float = 10) -> dict[str, Any]:
+        """The first presence frame announcing ``user_id`` online (or offline)."""
+        return self.wait(
+            presence(user_id, online), timeout, what=f"presence {user_id} online={online}"
         )
 
     def drain(self, quiet: float = 0.3) -> None:

@@ -30,6 +30,7 @@ from helpers import (
     csrf_session,
     free_port,
     http_json,
+    knows_online,
     login_cookie,
     wait_for,
 )
@@ -495,11 +496,10 @@ def test_a_killed_instance_users_are_announced_offline_within_the_ttl(
         print(f"lease written at connect: {left:.3f} s of a {ttl} s TTL")
         # The lease must run out early enough for a reaper pass (TTL/8) to come after it.
         assert left <= ttl * 7 / 8, left
-        bob.wait(lambda f: (f.get("type") == "online" and 1 in f["users"])
-                 or (f.get("type") == "presence" and f["user_id"] == 1 and f["online"]))
+        bob.wait(knows_online(1), what="alice online")
         doomed.kill()
         killed = time.monotonic()
-        bob.wait_type("presence", user_id=1, online=False, timeout=30)
+        bob.wait_presence(1, False, timeout=30)
         print(f"offline seen {time.monotonic() - killed:.2f} s after kill -9 (TTL {ttl} s)")
     finally:
         alice.close()

@@ -33,8 +33,10 @@ from helpers import (
     csrf_session,
     free_port,
     http_json,
+    knows_online,
     login_cookie,
     port_open,
+    presence,
     wait_for,
 )
 
@@ -352,20 +354,9 @@ def wait_from(
         client._recv_one(min(left, 0.5))
 
 
-def presence(user_id: int, online: bool) -> Callable[[dict[str, Any]], bool]:
-    return lambda f: (
-        f.get("type") == "presence" and f["user_id"] == user_id and f["online"] is online
-    )
-
-
 def sees_online(client: Client, user_id: int) -> None:
     """``client`` learnt that ``user_id`` is online (snapshot or presence frame)."""
-    client.wait(
-        lambda f: (
-            (f.get("type") == "online" and user_id in f["users"]) or presence(user_id, True)(f)
-        ),
-        what=f"user {user_id} online",
-    )
+    client.wait(knows_online(user_id), what=f"user {user_id} online")
 
 
 def wait_closed(client: Client, timeout: float = 30) -> None:

@@ -19,6 +19,7 @@ from helpers import (
     csrf_session,
     free_port,
     http_json,
+    knows_online,
     login_cookie,
     logout_over_http,
 )
@@ -82,14 +83,14 @@ def test_presence_online_offline_and_the_online_list(start: Start, clients: Any)
     server = start()
     alice = connect(clients, server, "alice")
     bob = connect(clients, server, "bob")
-    alice.wait_type("presence", user_id=2, online=True)
+    alice.wait_presence(2, True)
     cookie = login_cookie(server.port, "alice")
     status, page = http_json(server.port, "GET", "/chats/online_users", cookie=cookie)
     assert status == 200
     assert page["users"] == [{"id": 2, "name": "bob", "image": "/static/avatars/bob.svg"}]
     assert page["total"] == 1
     bob.close()
-    alice.wait_type("presence", user_id=2, online=False)
+    alice.wait_presence(2, False)
     _, page = http_json(server.port, "GET", "/chats/online_users", cookie=cookie)
     assert page["users"] == []
 
@@ -317,8 +318,8 @@ def test_dead_peers_are_dropped(start: Start, clients: Any) -> None:
         ).encode()
     )
     try:
-        alice.wait_type("presence", user_id=2, online=True)
-        alice.wait_type("presence", user_id=2, online=False, timeout=15)
+        alice.wait_presence(2, True)
+        alice.wait_presence(2, False, timeout=15)
     finally:
         sock.close()
 
@@ -439,15 +440,10 @@ def test_killed_instance_users_go_offline_within_the_ttl(start: Start, clients: 
     survivor = start(CHAT_PRESENCE_TTL=2)
     connect(clients, doomed, "alice")
     bob = connect(clients, survivor, "bob")
-    bob.wait(
-        lambda f: (
-            (f.get("type") == "online" and 1 in f["users"])
-            or (f.get("type") == "presence" and f["user_id"] == 1 and f["online"])
-        )
-    )
+    bob.wait(knows_online(1), what="alice online")
     doomed.kill()
     started = time.monotonic()
-    bob.wait_type("presence", user_id=1, online=False, timeout=15)
+    bob.wait_presence(1, False, timeout=15)
     assert time.monotonic() - started < 15
 
 

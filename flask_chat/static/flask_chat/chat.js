@@ -517,10 +517,17 @@
         emit("presence", { online: api.online });
         break;
       case "presence":
-        if (String(frame.user_id) === String(me.id)) { break; }
-        if (frame.online) { online[frame.user_id] = true; } else { delete online[frame.user_id]; }
+        // One frame for a batch of changes; your own comings and goings are in it too.
+        var changed = [];
+        frame.online.forEach(function (id) {
+          if (String(id) !== String(me.id) && !online[id]) { online[id] = true; changed.push([id, true]); }
+        });
+        frame.offline.forEach(function (id) {
+          if (String(id) !== String(me.id) && online[id]) { delete online[id]; changed.push([id, false]); }
+        });
+        if (!changed.length) { break; }
         renderOnline();
-        emit("presence", { user_id: frame.user_id, online: frame.online });
+        changed.forEach(function (c) { emit("presence", { user_id: c[0], online: c[1] }); });
         break;
       case "typing":
         if (String(frame.user_id) !== String(me.id)) { showTyping(keyFor(frame), frame.user_id); }
