@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from urllib.parse import urlencode
 
 import websocket
 
@@ -59,6 +61,9 @@ def start(redis_url: str, ttl: float) -> tuple[subprocess.Popen[bytes], int]:
         PORT=str(port),
         QUIET="1",
         CHAT_PRESENCE_TTL=str(ttl),
+        # One key for both instances: a session cookie made by one must log in on the
+        # other (the demo makes a random key per process otherwise).
+        SECRET_KEY="presence-offline-benchmark",
         CHAT_DATABASE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='flask-chat-bench-')}/chat.db",
     )
     proc = subprocess.Popen(
@@ -71,10 +76,16 @@ def start(redis_url: str, ttl: float) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def connect(port: int, name: str) -> websocket.WebSocket:
+    # The demo's login form wants its CSRF token: GET it, then POST it back.
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/login")
+    resp = conn.getresponse()
+    match = re.search(r'name="csrf_token" value="([^"]+)"', resp.read().decode())
+    assert match, "no CSRF token in the login form"
+    cookie = resp.getheader("Set-Cookie", "").split(";", 1)[0]
     conn.request(
-        "POST", "/login", body=f"username={name}",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        "POST", "/login", body=urlencode({"username": name, "csrf_token": match[1]}),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
     )
     resp = conn.getresponse()
     resp.read()
