@@ -36,15 +36,8 @@ def chat(app: Flask) -> Iterator[Chat]:
 
 
 @pytest.fixture
-def presence_changes() -> list[tuple[int, bool]]:
-    return []
-
-
-@pytest.fixture
-def hub(
-    chat: Chat, monkeypatch: pytest.MonkeyPatch, presence_changes: list[tuple[int, bool]]
-) -> Iterator[Hub]:
-    hub = Hub(chat.state, lambda user_id, online: presence_changes.append((user_id, online)))
+def hub(chat: Chat, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    hub = Hub(chat.state)
     # Cooperative sockets for the subscriber only, as monkey.patch_all gives it in
     # production (patching the whole test process would change every other test).
     monkeypatch.setattr(sys.modules[type(hub.subscriber).__module__], "socket", gevent.socket)
@@ -171,9 +164,9 @@ def test_a_removed_connection_gets_nothing_more(hub: Hub, make: Make, r: redis.R
     hub.remove(gone)  # once is enough: the callbacks ran once
     assert ended == [gone]
     assert gone.id not in hub.connections and gone.channels == set()
-    r.publish(channel.decode(), protocol.presence(2, True))
+    r.publish(channel.decode(), protocol.presence([2], []))
     settle(hub)
-    assert kept_peer.text() == protocol.presence(2, True)
+    assert kept_peer.text() == protocol.presence([2], [])
     assert gone_peer.pending() == b""
     assert not gone.closed  # removing is not closing: the socket is the caller's
 

@@ -249,7 +249,7 @@ def test_other_server_frames_bytes() -> None:
     )
     assert protocol.catchup_done(True, 3) == b'{"type":"catchup","recovered":true,"count":3}'
     assert protocol.catchup_done(False, 0) == b'{"type":"catchup","recovered":false,"count":0}'
-    assert protocol.presence(2, True) == b'{"type":"presence","user_id":2,"online":true}'
+    assert protocol.presence([2], [3]) == b'{"type":"presence","online":[2],"offline":[3]}'
     assert protocol.online_snapshot([2, 3]) == b'{"type":"online","users":[2,3]}'
     assert protocol.online_snapshot([]) == b'{"type":"online","users":[]}'
     assert protocol.typing(1, "2_User") == b'{"type":"typing","user_id":1,"to":"2_User"}'
