@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from urllib.parse import urlencode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -83,15 +84,22 @@ def bench_http(redis_url: str, requests: int, to: str, keyed: bool) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port)
         conn.connect()
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The login form carries the session's CSRF token.
+        conn.request("GET", "/login")
+        resp = conn.getresponse()
+        form = resp.read().decode()
+        cookie = resp.getheader("Set-Cookie", "").split(";", 1)[0]
+        found = re.search(r'name="csrf_token" value="([^"]*)"', form)
+        login_token = found.group(1) if found else ""
         conn.request(
             "POST",
             "/login",
-            body="username=alice",
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            body=urlencode({"username": "alice", "csrf_token": login_token}),
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
         )
         resp = conn.getresponse()
         resp.read()
-        cookie = resp.getheader("Set-Cookie", "").split(";", 1)[0]
+        cookie = (resp.getheader("Set-Cookie") or cookie).split(";", 1)[0]
         conn.request("GET", "/", headers={"Cookie": cookie})
         resp = conn.getresponse()
         page = resp.read().decode()

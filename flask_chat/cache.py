@@ -11,6 +11,13 @@ Each message is stored once per owner, keyed by its id (see :mod:`flask_chat.key
 the Redis structures), so concurrent sends never overwrite each other and a retried
 append is a no-op. The cache is a window of at most ``history_limit`` messages per
 conversation; SQL is the record.
+
+A group message is stored once, in the group's store, and each member's conversation
+of that group is a *view* over it (``CHAT_GROUP_MEMBER_CACHES = "view"``, the default;
+see ``scripts._VIEWS``): exported, cleared, trimmed and persisted exactly as the copy
+the legacy layout (True) puts in every online member's cache. A user's views are
+found in ``chat:views``; everything here reads and clears them along with the user's
+own keys, whichever layout wrote what.
 """
 
 from __future__ import annotations
@@ -32,6 +39,17 @@ from .keys import Keys
 from .scripts import CLEAR, Scripts, command, queue
 
 History = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class View:
+    """One member's view of a group's store, as a copy would hold it: message id ->
+    event JSON (the window, and what is below it, waiting for SQL), and the score of
+    the conversation among the member's (None when the window is empty)."""
+
+    window: dict[str, str]
+    spill: dict[str, str]
+    score: int | None
 
 
 @dataclass(frozen=True)
@@ -176,6 +194,19 @@ class ChatCache:
             self.scripts.load(self.client)  # appends are idempotent: run them all again
         self.client.sadd(self.keys.cached_users(), *user_ids)
 
+    def conversation_counts(self, user_ids: list[int]) -> dict[int, int]:
+        """How many conversations each user's cache holds, their own and views."""
+        pipe = self.client.pipeline(transaction=False)
+        for uid in user_ids:
+            pipe.zrange(self.keys.conversations(uid), 0, -1)
+        counts: dict[int, int] = {}
+        for uid, own in zip(user_ids, pipe.execute(), strict=True):
+            names = {str(c) for c in own}
+            names.update(f"{gid}_Group" for gid, view in self.views_raw(uid).items()
+                         if view.window)
+            counts[uid] = len(names)
+        return counts
+
     def conversation_ids(self, user_id: int) -> list[str]:
         return [str(c) for c in self.client.zrange(self.keys.conversations(user_id), 0, -1)]
 
@@ -192,6 +223,21 @@ class ChatCache:
                 "type": ConversationKey.parse(conversation).kind,
                 "messages": [json.loads(bodies[mid]) for mid in sorted(bodies)],
             }
+        views = {gid: v for gid, v in self.views_raw(user_id).items() if v.window}
+        if views:
+            # In order of first use, as one sorted set of conversations would have them.
+            ranked: list[tuple[str, float]] = self.client.zrange(  # type: ignore[assignment]
+                self.keys.conversations(user_id), 0, -1, withscores=True)
+            scores = {str(c): float(s) for c, s in ranked}
+            for gid, view in views.items():
+                key = f"{gid}_Group"
+                merged = {m["id"]: m for m in history.get(key, {"messages": []})["messages"]}
+                for mid, body in view.window.items():
+                    merged.setdefault(mid, entry_from_event(json.loads(body), user_id))
+                history[key] = {"type": "Group", "messages": [merged[i] for i in sorted(merged)]}
+                assert view.score is not None
+                scores[key] = min(scores.get(key, view.score), view.score)
+            history = {k: history[k] for k in sorted(history, key=lambda k: (scores.get(k, 0), k))}
         for gid, bodies in shared.items():
             key = f"{gid}_Group"
             merged = {m["id"]: m for m in history.get(key, {"messages": []})["messages"]}
@@ -226,6 +272,36 @@ class ChatCache:
                     shared[gid] = {str(k): str(v) for k, v in bodies.items()}
         return own, shared
 
+    # -- views of group stores --------------------------------------------------------
+
+    def view_groups(self, user_id: int) -> list[int]:
+        """Groups of which the user may hold a view."""
+        names = self.client.zrangebylex(self.keys.views(), f"[{user_id}:", f"({user_id};")
+        return [int(str(n).split(":", 1)[1]) for n in names]
+
+    def views_raw(
+        self, user_id: int, with_spill: bool = False, group_ids: Iterable[int] | None = None
+    ) -> dict[int, View]:
+        """The user's views (of ``group_ids``, else of every group they may have one of),
+        unparsed; the spill's bodies only ``with_spill``."""
+        groups = self.view_groups(user_id) if group_ids is None else list(group_ids)
+        if not groups:
+            return {}
+        args = [user_id, self.history_limit, 1 if with_spill else 0]
+
+        def build(pipe: Pipeline) -> None:
+            for gid in groups:
+                queue(pipe, self.scripts.view, self.keys.group_view_keys(gid), args)
+
+        out: dict[int, View] = {}
+        for gid, reply in zip(groups, self.scripts.run(self.client, build), strict=True):
+            out[gid] = _parse_view(reply, with_spill)
+        return out
+
+    def _view_held(self, user_id: int, group_id: int) -> bool:
+        view = self.views_raw(user_id, group_ids=[group_id])[group_id]
+        return bool(view.window or view.spill)
+
     def page(
         self, user_id: int, conversation: str, before: str | None, limit: int
     ) -> list[dict[str, Any]]:
@@ -236,7 +312,17 @@ class ChatCache:
             before,
             limit,
         )
-        return [json.loads(b) for b in bodies]
+        entries = [json.loads(b) for b in bodies]
+        if conversation.endswith("_Group"):
+            gid = int(conversation.split("_", 1)[0])
+            if gid in self.view_groups(user_id):
+                view = self.views_raw(user_id, group_ids=[gid])[gid]
+                merged = {e["id"]: e for e in entries}
+                for mid, body in view.window.items():
+                    if before is None or mid < before:
+                        merged.setdefault(mid, entry_from_event(json.loads(body), user_id))
+                entries = [merged[i] for i in sorted(merged, reverse=True)[:limit]]
+        return entries
 
     def group_page(
         self, owner_id: int, group_id: int, before: str | None, limit: int
@@ -309,7 +395,55 @@ class ChatCache:
         removed, _, empty = self._clear(keys=keys, args=args)
         if empty and drop_if_empty:
             self._drop_from_cached(user_id)
-        return int(removed)
+        return int(removed) + self._remove_from_views(user_id, todo, fields, drop_if_empty)
+
+    def _remove_from_views(
+        self,
+        user_id: int,
+        ids_by_conversation: dict[str, list[str]],
+        spill_fields: list[str],
+        drop_if_empty: bool,
+    ) -> int:
+        """The part of :meth:`remove_listed` that the user's views of groups hold."""
+        wanted: set[int] = set()
+        for name in [*ids_by_conversation, *(f.split("|", 1)[0] for f in spill_fields)]:
+            if name.endswith("_Group"):
+                wanted.add(int(name.split("_", 1)[0]))
+        if not wanted:
+            return 0
+        removed = 0
+        for gid in (g for g in self.view_groups(user_id) if g in wanted):
+            conversation = f"{gid}_Group"
+            ids = ids_by_conversation.get(conversation, [])
+            spill = [f.split("|", 1)[1] for f in spill_fields
+                     if f.startswith(conversation + "|")]
+            if ids:
+                # Raised first: a catch-up that runs meanwhile is told "not recovered".
+                self.scripts.raise_floor(keys=[self.keys.floor(user_id)],
+                                         args=[max(ids), self.retention])
+            count, _, _, empty = self.scripts.view_clear(
+                keys=self.keys.group_view_keys(gid),
+                args=[user_id, self.history_limit, len(ids), *ids, len(spill), *spill],
+            )
+            removed += int(count)
+            if int(empty) and drop_if_empty:
+                self._drop_view(user_id, gid)
+        return removed
+
+    def _drop_view(self, user_id: int, group_id: int) -> None:
+        """Take an emptied view's name out of ``chat:views``, as ``_drop_from_cached``
+        does for the set of cached users (a send adds the name after storing)."""
+        marker = f"{user_id}@{group_id}:{uuid.uuid4().hex}"
+        name = f"{user_id}:{group_id}"
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.keys.clearing(), {marker: time.time()})
+        pipe.zrem(self.keys.views(), name)
+        pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        if self._view_held(user_id, group_id):
+            pipe.zadd(self.keys.views(), {name: 0})
+        pipe.zrem(self.keys.clearing(), marker)
+        pipe.execute()
 
     def _drop_from_cached(self, user_id: int) -> None:
         marker = f"{user_id}:{uuid.uuid4().hex}"
@@ -335,14 +469,40 @@ class ChatCache:
         restored = 0
         for item in markers:
             marker = str(item)
-            user_id = int(marker.split(":", 1)[0])
-            if self._has_any(user_id):
-                self.client.sadd(self.keys.cached_users(), user_id)
+            owner = marker.split(":", 1)[0]
+            if "@" in owner:  # a view's name (see _drop_view)
+                user_id, group_id = (int(x) for x in owner.split("@", 1))
+                if self._view_held(user_id, group_id):
+                    self.client.zadd(self.keys.views(), {f"{user_id}:{group_id}": 0})
+                    restored += 1
+            elif self._has_any(int(owner)):
+                self.client.sadd(self.keys.cached_users(), int(owner))
                 restored += 1
             self.client.zrem(self.keys.clearing(), marker)
         return restored
 
     def cached_users(self) -> Iterator[int]:
-        """Ids of users who have a cache (a user whose cache just emptied may show up)."""
+        """Ids of users who have a cache, their own or views of groups (a user whose
+        cache just emptied may show up)."""
+        seen: set[int] = set()
         for member in self.client.sscan_iter(self.keys.cached_users(), count=500):
+            seen.add(int(member))
             yield int(member)
+        for name, _ in self.client.zscan_iter(self.keys.views(), count=500):
+            user_id = int(str(name).split(":", 1)[0])
+            if user_id not in seen:
+                seen.add(user_id)
+                yield user_id
+
+
+def _parse_view(reply: list[Any], with_spill: bool) -> View:
+    score = int(reply[0]) if reply[0] not in ("", b"", None) else None
+    n = int(reply[1])
+    ids = [str(x) for x in reply[2 : 2 + n]]
+    bodies = [str(x) for x in reply[2 + n : 2 + 2 * n]]
+    rest = reply[2 + 2 * n :]
+    m = int(rest[0])
+    spill_ids = [str(x) for x in rest[1 : 1 + m]]
+    spill_bodies = [str(x) for x in rest[1 + m : 1 + 2 * m]] if with_spill else [""] * m
+    return View(dict(zip(ids, bodies, strict=True)),
+                dict(zip(spill_ids, spill_bodies, strict=True)), score)

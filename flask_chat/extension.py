@@ -169,16 +169,24 @@ class Chat:
             Messages per write-behind batch.
         ``CHAT_PERSIST_BATCH_USERS`` (200)
             Users per sweep batch (one SQL transaction each).
-        ``CHAT_GROUP_MEMBER_CACHES`` (True)
-            Copy each group message into every online member's cache (the legacy
-            rule). False: members read group conversations from the group's shared
-            store (one write per message instead of one per member: big groups).
+        ``CHAT_GROUP_MEMBER_CACHES`` (``"view"``)
+            How group messages sit in members' caches. ``"view"``: stored once, in the
+            group's store, and each member's cache shows exactly what the legacy rule
+            gives them (the messages sent while they were online, trimmed, cleared and
+            persisted as a copy would be), with one write per message whatever the
+            group's size. True: a copy in every online member's cache (the legacy
+            layout: one Redis script call per member). False: members read the group's
+            shared store (every recent message, online or not).
         ``CHAT_API_TOKEN`` (None)
             Shared secret for ``POST /chats/api/messages``, the send API for trusted
             servers (e.g. Rails); None switches that route off.
         ``CHAT_IDEMPOTENCY_WINDOW`` (86400)
             Seconds a send's idempotency key is remembered: a retry with the same key
             within it answers the original message instead of sending another.
+        ``CHAT_SEND_IN_ONE_STEP`` (True)
+            On one Redis server, a send is one script call (claim, rate limit, id,
+            stores, publish, write-behind). False: the steps Redis Cluster takes (a
+            round trip for the id, then the stores).
         """
         if "chat" in app.extensions:
             raise RuntimeError(

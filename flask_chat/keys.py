@@ -27,6 +27,20 @@ on a cluster)::
                                          stood for), kept CHAT_IDEMPOTENCY_WINDOW seconds
     chat:{g:5}:convs / :idx:5_Group / :msg:5_Group / :floor / :published
                                          group 5's recent messages, shared by all members
+    chat:{g:5}:aud                HASH   message id -> audience snapshot number: who holds
+                                         it in their view (CHAT_GROUP_MEMBER_CACHES "view")
+    chat:{g:5}:snap               HASH   snapshot number -> ",<user>,<user>,": the sender and
+                                         the members online when it was sent; "c<n>" ->
+                                         messages on it; "last", "seq"
+    chat:{g:5}:refs               HASH   message id -> holders that have not let go of it
+    chat:{g:5}:kept / :keptidx    HASH / ZSET  messages trimmed off the group's window
+                                         that some member's view still holds
+    chat:{g:5}:let                HASH   "<user>|<id>" -> "x" (let go: cleared, or persisted
+                                         from the spill) or "s" (in the user's spill)
+    chat:{g:5}:first              HASH   user -> score of the view's conversation, kept
+                                         when a clear leaves it non-empty
+    chat:views                    ZSET   "<user>:<group>" (score 0): users who may hold a
+                                         view of a group (lexical ranges find a user's)
     chat:online                   ZSET   online user ids, scored by presence expiry
     chat:persist                  LIST   write-behind queue of sent messages for SQL
     {chat:persist}:proc:<token>   LIST   the batch one drain took off the queue, until its
@@ -156,6 +170,19 @@ class Keys:
             self.group_floor(group_id),
             f"{self._group(group_id)}:spill",  # declared for the script; never written
         ]
+
+    def group_view_keys(self, group_id: int) -> list[str]:
+        """KEYS of the scripts over a group's store and its members' views: the six of
+        :meth:`group_conversation_keys` and the publish log, then the view's."""
+        g = self._group(group_id)
+        return self.group_conversation_keys(group_id) + [
+            self.group_published(group_id),
+            f"{g}:aud", f"{g}:refs", f"{g}:kept", f"{g}:keptidx", f"{g}:snap", f"{g}:let",
+            f"{g}:first",
+        ]
+
+    def views(self) -> str:
+        return f"{self.prefix}:views"
 
     def group_floor(self, group_id: int) -> str:
         return f"{self._group(group_id)}:floor"

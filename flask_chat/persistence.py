@@ -463,6 +463,22 @@ def collect(state: CacheOwner, user_ids: Iterable[int]) -> Collected:
         for name, body in state.cache.spilled_raw(uid).items():
             if _read(collected, uid, name.split("|", 1)[0], name.split("|", 1)[-1], body):
                 spill.append(name)
+        # Views of group stores: read, and cleared after the write, as copies would be.
+        for gid, view in state.cache.views_raw(uid, with_spill=True).items():
+            conversation = f"{gid}_Group"
+            ids = window.setdefault(conversation, [])
+            for part, names in ((view.window, ids), (view.spill, spill)):
+                for mid in sorted(part):
+                    if mid in own.get(conversation, {}):
+                        continue
+                    try:
+                        body = json.dumps(entry_from_event(json.loads(part[mid]), uid))
+                    except BAD_RECORD:
+                        body = part[mid]  # reported by _read, and left where it is
+                    if _read(collected, uid, conversation, mid, body):
+                        names.append(mid if names is ids else f"{conversation}|{mid}")
+            if not ids:
+                del window[conversation]
         collected.window[uid] = window
         collected.spill[uid] = spill
     return collected

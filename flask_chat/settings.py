@@ -83,6 +83,13 @@ def raw(name: str, value: Any) -> Any:
     return value
 
 
+def group_caches(name: str, value: Any) -> bool | str:
+    """``"view"``, else a flag (True: a copy per member; False: the shared store)."""
+    if isinstance(value, str) and value.strip().lower() == "view":
+        return "view"
+    return bool(value)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -131,8 +138,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHAT_PERSIST_BATCH", 500, positive_int, "persist_batch"),
     Setting("CHAT_PERSIST_BATCH_USERS", 200, positive_int, "persist_batch_users"),
     Setting("CHAT_API_TOKEN", None, optional, "api_token"),
-    Setting("CHAT_GROUP_MEMBER_CACHES", True, flag, "group_member_caches"),
+    Setting("CHAT_GROUP_MEMBER_CACHES", "view", group_caches, "group_member_caches"),
     Setting("CHAT_IDEMPOTENCY_WINDOW", 86400, positive_int, "idempotency_window"),
+    Setting("CHAT_SEND_IN_ONE_STEP", True, strict_flag, "send_in_one_step"),
 )
 
 #: Every setting's default, by name.
@@ -183,8 +191,13 @@ class ChatConfig:
     persist_batch: int
     persist_batch_users: int
     api_token: str | None
-    group_member_caches: bool
+    #: "view": each member's cache shows a group's messages from the group's store as a
+    #: copy would (the default); True: a copy in each member's cache (the legacy
+    #: layout); False: members read the group's shared store (every recent message).
+    group_member_caches: bool | str
     idempotency_window: int
+    #: On one Redis server, a send is one script call (False: the steps a cluster takes).
+    send_in_one_step: bool
 
 
 def read_config(

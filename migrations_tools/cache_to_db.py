@@ -85,10 +85,7 @@ def _batch(state: ChatState, chunk: list[int], report: Report, clear: bool, dry_
 
 
 def _persist(state: ChatState, users: list[int], delta: Report, clear: bool, dry_run: bool) -> None:
-    pipe = state.redis.pipeline(transaction=False)
-    for uid in users:
-        pipe.zcard(state.keys.conversations(uid))
-    conversations = dict(zip(users, (int(n) for n in pipe.execute()), strict=True))
+    conversations = state.cache.conversation_counts(users)
     if dry_run:
         collected = collect(state, users)
         batch = collected.batch

@@ -199,7 +199,11 @@ def test_a_message_arriving_during_clear_survives(app: Flask) -> None:
         assert 2 in set(chat.cached_user_ids())
 
 
-def test_keys_of_one_user_share_a_cluster_hash_tag(app: Flask, r: redis.Redis) -> None:
+def test_keys_of_one_user_share_a_cluster_hash_tag(
+    app_factory: Callable[..., Flask], r: redis.Redis
+) -> None:
+    # The legacy layout, where the sender's own store holds the group message.
+    app = app_factory(CHAT_GROUP_MEMBER_CACHES=True)
     chat = chat_of(app)
     with app.app_context():
         chat.send_message(1, "5_Group", "tagged")

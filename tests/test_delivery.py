@@ -98,7 +98,7 @@ def test_a_lower_id_published_after_the_position_is_replayed(
 ) -> None:
     """alice's send through the slow instance gets its id first and is published last;
     bob, who saw carol's later message and reconnects with it, still gets alice's."""
-    p = pair()
+    p = pair(CHAT_SEND_IN_ONE_STEP=False)  # the steps of a cluster
     bob = p.connect(p.fast, "bob")
     carol = p.connect(p.fast, "carol")
     cookie, csrf = csrf_session(p.slow.port, "alice")
@@ -142,7 +142,7 @@ def test_a_late_message_trimmed_before_the_catch_up_makes_it_not_recovered(
 ) -> None:
     """As above, but before bob is back alice's late message has been trimmed off his
     window (CHAT_HISTORY_LIMIT=1): catch-up cannot replay it and must say so."""
-    p = pair(CHAT_HISTORY_LIMIT=1)
+    p = pair(CHAT_HISTORY_LIMIT=1, CHAT_SEND_IN_ONE_STEP=False)  # the steps of a cluster
     bob = p.connect(p.fast, "bob")
     carol = p.connect(p.fast, "carol")
     alice_fast = p.connect(p.fast, "alice")
@@ -398,7 +398,7 @@ def test_a_retry_finishes_a_send_whose_instance_died_after_the_claim(
 ) -> None:
     """The slow instance claims the key and dies before its stores reach Redis; the
     retry, on the other instance, delivers the very message the claim names."""
-    p = pair()
+    p = pair(CHAT_SEND_IN_ONE_STEP=False)  # the steps of a cluster
     bob = p.connect(p.fast, "bob")
     body = {"to": "2_User", "message_text": "finish me"}
     key = "retry-after-a-crash"
