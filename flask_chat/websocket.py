@@ -21,7 +21,7 @@ from gevent.event import Event
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from redis.exceptions import RedisClusterException, RedisError
 
-from . import catchup, delivery, messaging, protocol
+from . import autopipe, catchup, delivery, messaging, protocol
 from .access import check_can_open, check_target
 from .connection import Connection
 from .conversations import ConversationKey
@@ -80,10 +80,21 @@ def _user_and_connections(state: ChatState) -> tuple[int | None, int]:
     if claim is None:
         return None, 0
     user_id, generation = claim
-    pipe = state.redis.pipeline(transaction=False)
-    pipe.get(state.keys.token_generation(user_id))
-    pipe.zcount(state.keys.connections(user_id), f"({time.time()}", "+inf")
-    current, live = pipe.execute()
+    generation_key = state.keys.token_generation(user_id)
+    connections_key = state.keys.connections(user_id)
+    if state.cluster is None:
+        # On the process's auto-pipelined connection: no pool checkout per connect.
+        current, live = autopipe.execute(state.redis, [
+            ("GET", generation_key), ("ZCOUNT", connections_key, f"({time.time()}", "+inf"),
+        ])
+    else:
+        pipe = state.redis.pipeline(transaction=False)
+        pipe.get(generation_key)
+        pipe.zcount(connections_key, f"({time.time()}", "+inf")
+        current, live = pipe.execute()
+    for reply in (current, live):
+        if isinstance(reply, Exception):
+            raise reply
     # A logout since the token was made bumped the user's generation: refused.
     return (user_id if generation == int(current or 0) else None), int(live)
 
