@@ -18,31 +18,6 @@ from redis.client import Pipeline
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-#: Allocate the next message id. KEYS: [ids hash]. Returns {ms, seq}.
-#: Guarantee: ids come out strictly increasing across every process that shares the
-#: Redis server, because the server's clock and the last id are read and written in
-#: one atomic step. A clock that steps back keeps the last ms and bumps seq; seq is
-#: kept below 10,000 (four digits in the id) by moving on to the next ms.
-NEXT_ID = """
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local last = redis.call('HMGET', KEYS[1], 'ms', 'seq')
-local seq = 0
-if last[1] then
-  local last_ms = tonumber(last[1])
-  if last_ms >= ms then
-    ms = last_ms
-    seq = tonumber(last[2]) + 1
-    if seq > 9999 then
-      ms = ms + 1
-      seq = 0
-    end
-  end
-end
-redis.call('HSET', KEYS[1], 'ms', ms, 'seq', seq)
-return {ms, seq}
-"""
-
 # The body of APPEND, DELIVER and SEND: store one message in one owner's conversation.
 # k: {convs zset, index zset, bodies hash, floor string, spill hash}. Returns the number
 # of messages trimmed off the window, or -1 if the id was already there.
@@ -588,6 +563,16 @@ local function fill(t, mid, ts)
   if t[4] == 'it' then return t[1] .. mid .. t[2] .. ts .. t[3] end
   return t[1] .. ts .. t[2] .. mid .. t[3]
 end
+"""
+
+#: Allocate the next message id. KEYS: [ids hash]. Returns {ms, seq}.
+#: Guarantee: ids come out strictly increasing across every process that shares the
+#: Redis server, because the server's clock and the last id are read and written in
+#: one atomic step. A clock that steps back keeps the last ms and bumps seq; seq is
+#: kept below 10,000 (four digits in the id) by moving on to the next ms.
+NEXT_ID = _IDS + """
+local ms, seq = next_id(KEYS[1])
+return {ms, seq}
 """
 
 #: A whole send on one Redis server (not a cluster: its keys span slots), in one step:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -12,7 +12,11 @@ T = TypeVar("T")
 
 
 def wait_for(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "",
+    sleep: Callable[[float], Any] = time.sleep,
 ) -> T:
     """Poll ``predicate`` until it returns something truthy or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
@@ -22,7 +26,7 @@ def wait_for(
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+        sleep(interval)
 
 
 def dump(decoded: redis.Redis) -> dict[bytes | str, object]:
@@ -69,7 +73,6 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-from typing import Any  # noqa: E402
 
 import websocket  # noqa: E402
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import gevent
 import gevent.socket
+from helpers import wait_for
 
 from flask_chat import protocol
 from flask_chat.connection import Connection
@@ -29,14 +30,7 @@ def until(
     predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str = ""
 ) -> T:
     """Poll ``predicate`` (yielding to gevent) until it is truthy or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        gevent.sleep(interval)
+    return wait_for(predicate, timeout, interval, what, sleep=gevent.sleep)
 
 
 def client_frame(
