@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -556,6 +557,11 @@ def test_a_send_whose_socket_is_cut_before_the_ack_is_retried_with_its_key(
         alice.say("2_User", "cut before the ack")
         expect(alice.texts("2_User")).to_have_text(["cut before the ack"])
         expect(bob.texts("1_User")).to_have_text(["cut before the ack"])
+        # Bob may see the message before the server's ack reaches the cut: wait (events
+        # flow while the page waits) for the cut and for the retry it causes.
+        deadline = time.monotonic() + 30
+        while (state["cut"] or not (sends[1:] or http_keys)) and time.monotonic() < deadline:
+            alice.page.wait_for_timeout(50)
         # The retry (over HTTP while the socket is down, or the websocket once it is
         # back) carried the first attempt's key.
         alice.wait_connected()
